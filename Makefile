@@ -1,0 +1,43 @@
+# Two commands: `make run` starts the hub, `make test` runs the whole suite.
+# Both create .venv and install the pinned requirements on first use (again only when they change).
+
+PYTHON ?= $(shell command -v python3.13 || command -v python3.12 || command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test demo bench lint clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP) $@
+
+run: $(STAMP)
+	$(PY) -m agentcom_site.launcher run
+
+demo: $(STAMP)
+	$(PY) -m agentcom_site.launcher demo
+
+test: $(DEV_STAMP)
+	$(PY) -m agentcom_site.launcher test $(PYTEST_ARGS)
+
+bench: $(DEV_STAMP)
+	$(PY) -m agentcom_site.launcher test --version >/dev/null
+	$(PY) bench/probe_sweep.py
+	$(PY) bench/fanout.py
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) run

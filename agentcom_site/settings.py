@@ -1,0 +1,174 @@
+"""Settings for the AgentCom LLM Registry, read from the environment (see .env.example)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from agentcom_site.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+RUN_DIR = Path(env_str("AGENTCOM_RUN_DIR", str(BASE_DIR / "run")))
+RUN_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """Use DJANGO_SECRET_KEY, else a key generated once and kept in the run folder."""
+    key = env_str("DJANGO_SECRET_KEY", "")
+    if key:
+        return key
+    path = RUN_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "registry",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "agentcom_site.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "agentcom_site" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "agentcom_site.asgi.application"
+
+# SQLite by default: WAL + IMMEDIATE transactions + a busy timeout let daphne and the Celery
+# worker write at the same time without "database is locked" errors.
+_SQLITE_OPTIONS = {
+    "timeout": 20,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+}
+DATABASE_URL = env_str("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        DATABASES["default"]["OPTIONS"] = dict(_SQLITE_OPTIONS)
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": RUN_DIR / "db.sqlite3",
+            "OPTIONS": dict(_SQLITE_OPTIONS),
+            # A file (not :memory:) so that end-to-end tests can share it with daphne and Celery.
+            "TEST": {"NAME": str(RUN_DIR / "test.sqlite3")},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/dashboard/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = RUN_DIR / "static"
+
+# Redis serves both the Celery broker and the channel layer.
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": env_str("AGENTCOM_CHANNEL_PREFIX", "asgi"),
+            "capacity": 1000,
+            "expiry": 30,
+        },
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = env_str("AGENTCOM_CELERY_QUEUE", "agentcom")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = False
+CELERY_TIMEZONE = "UTC"
+
+# The registry's own knobs (units in the names).
+PROBE_INTERVAL_SECONDS = env_float("PROBE_INTERVAL_SECONDS", 15.0, minimum=1.0)
+PROBE_TIMEOUT_SECONDS = env_float("PROBE_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+PROBE_CHUNK_SIZE = env_int("PROBE_CHUNK_SIZE", 250, minimum=1)
+PROBE_ON_REGISTER = env_bool("PROBE_ON_REGISTER", True)
+UNHEALTHY_AFTER_FAILURES = env_int("UNHEALTHY_AFTER_FAILURES", 2, minimum=1)
+STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)
+RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0.01)
+REGISTRY_ALLOWED_NETWORKS = env_str(
+    "REGISTRY_ALLOWED_NETWORKS",
+    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7",
+)
+DASHBOARD_MAX_FRAMES_PER_SECOND = env_float("DASHBOARD_MAX_FRAMES_PER_SECOND", 4.0, minimum=0.5)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "probe-sweep": {
+        "task": "registry.tasks.probe_sweep",
+        "schedule": PROBE_INTERVAL_SECONDS,
+        # A sweep that cannot start before the next tick is dropped, not piled up.
+        "options": {"expires": PROBE_INTERVAL_SECONDS},
+    },
+    "prune-resource-history": {
+        "task": "registry.tasks.prune_history",
+        "schedule": 600.0,
+        "options": {"expires": 600.0},
+    },
+}
+DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024

@@ -1,0 +1,151 @@
+"""Django admin for operators; every change goes through registry.services."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count
+
+from registry import services
+from registry.models import Endpoint, Host, ResourceSnapshot, Token
+
+
+class EndpointForm(forms.ModelForm):
+    """Host is typed as text (name, IP or URL); the service finds or creates the Host row."""
+
+    host_name = forms.CharField(label="Host", max_length=300, help_text="Host name, IP address or URL.")
+
+    class Meta:
+        model = Endpoint
+        fields = ["port", "name"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["host_name"].initial = self.instance.host.name
+            self.fields["host_name"].disabled = True
+
+    def clean(self):
+        data = super().clean()
+        if not self.instance.pk:
+            try:
+                services.check_registrable(data.get("host_name", ""), data.get("port"), data.get("name", ""))
+            except services.RegistryError as exc:
+                raise ValidationError(exc.detail) from None
+        return data
+
+
+@admin.register(Endpoint)
+class EndpointAdmin(admin.ModelAdmin):
+    form = EndpointForm
+    list_display = ["status", "host_name", "port", "name", "model_count", "source", "last_checked_at"]
+    list_filter = ["status", "source"]
+    search_fields = ["host__name", "name"]
+    readonly_fields = [
+        "source", "status", "consecutive_failures", "last_checked_at", "last_error",
+        "latency_ms", "version", "registered_at",
+    ]
+    actions = ["probe_now", "remove_selected"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("host").annotate(_models=Count("models"))
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # replaced by remove_selected, which uses services
+        return actions
+
+    @admin.display(description="host", ordering="host__name")
+    def host_name(self, obj: Endpoint) -> str:
+        return obj.host.name
+
+    @admin.display(description="models", ordering="_models")
+    def model_count(self, obj: Endpoint) -> int:
+        return obj._models
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        try:
+            if change:
+                saved = services.update_endpoint(obj.pk, port=data["port"], name=data["name"])
+            else:
+                saved, _ = services.register_endpoint(data["host_name"], data["port"], data["name"])
+        except services.RegistryError as exc:
+            # The form checked this already; only a concurrent change can land here.
+            self.message_user(request, exc.detail, messages.ERROR)
+            return
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request, obj):
+        services.remove_endpoint(obj.pk)
+
+    def delete_queryset(self, request, queryset):
+        services.remove_endpoints(queryset.values_list("id", flat=True))
+
+    @admin.action(description="Probe now", permissions=["change"])
+    def probe_now(self, request, queryset):
+        from registry.tasks import run_probes
+
+        ids = list(queryset.values_list("id", flat=True))
+        changed = run_probes(ids)
+        self.message_user(request, f"Probed {len(ids)} endpoint(s); {len(changed)} changed.")
+
+    @admin.action(description="Remove selected endpoints", permissions=["delete"])
+    def remove_selected(self, request, queryset):
+        removed = services.remove_endpoints(queryset.values_list("id", flat=True))
+        self.message_user(request, f"Removed {len(removed)} endpoint(s).")
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    list_display = ["name", "hostname", "last_report_at", "endpoint_count"]
+    search_fields = ["name", "hostname"]
+    readonly_fields = ["latest_snapshot", "last_report_at", "created_at"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_endpoints=Count("endpoints"))
+
+    @admin.display(description="endpoints", ordering="_endpoints")
+    def endpoint_count(self, obj: Host) -> int:
+        return obj._endpoints
+
+
+@admin.register(ResourceSnapshot)
+class ResourceSnapshotAdmin(admin.ModelAdmin):
+    list_display = ["host", "cpu_percent", "ram_used_bytes", "ram_total_bytes", "vram_used_bytes", "reported_at"]
+    list_filter = ["host"]
+    date_hierarchy = "reported_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Token)
+class TokenAdmin(admin.ModelAdmin):
+    list_display = ["label", "scope", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["scope"]
+    search_fields = ["label", "prefix"]
+    fields = ["label", "scope", "prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields + (["label", "scope"] if obj else [])
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        token, raw = services.create_token(form.cleaned_data["scope"], form.cleaned_data["label"])
+        obj.pk = token.pk
+        obj.refresh_from_db()
+        self.message_user(request, f"New token (shown once, copy it now): {raw}", messages.WARNING)
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke(self, request, queryset):
+        count = services.revoke_tokens(queryset.values_list("id", flat=True))
+        self.message_user(request, f"Revoked {count} token(s).")

@@ -1,0 +1,186 @@
+"""REST API (/api/v1): thin views over registry.services, OpenAPI from django-ninja."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer, SessionAuth
+
+from registry import services
+from registry.models import Token
+from registry.schemas import EndpointIn, SidecarReport
+
+
+class TokenAuth(HttpBearer):
+    """`Authorization: Bearer <token>`; a token of another scope is refused with 403."""
+
+    def __init__(self, *scopes: str):
+        super().__init__()
+        self.scopes = scopes
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if "HTTP_AUTHORIZATION" in request.META and not request.META["HTTP_AUTHORIZATION"].startswith("Bearer "):
+            raise AuthenticationError(401, "Authorization header must be 'Bearer <token>'.")
+        return super().__call__(request)
+
+    def authenticate(self, request: HttpRequest, token: str) -> Token | None:
+        found = services.authenticate_token(token)
+        if found is None:
+            raise AuthenticationError(401, "token is wrong or revoked.")
+        if found.scope not in self.scopes:
+            raise HttpError(403, f"a {found.scope} token may not use this route.")
+        request.auth_token = found
+        return found
+
+
+class StaffSession(SessionAuth):
+    """A logged-in staff user (CSRF-checked on unsafe methods)."""
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        user = request.user
+        if user.is_authenticated and user.is_staff:
+            return user
+        return None
+
+
+class UserSession(SessionAuth):
+    """Any logged-in user (read-only routes)."""
+
+
+admin_auth = [TokenAuth(Token.Scope.ADMIN), StaffSession()]
+api = NinjaAPI(
+    title="AgentCom LLM Registry",
+    version="1",
+    description="Register Ollama endpoints, read the fleet, receive sidecar reports.",
+    urls_namespace="api-v1",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+
+def _error(request, code: str, detail: str, status: int):
+    return api.create_response(request, {"error": code, "detail": detail}, status=status)
+
+
+@api.exception_handler(services.RegistryError)
+def _registry_error(request, exc: services.RegistryError):
+    return _error(request, exc.code, exc.detail, exc.status_code)
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request, exc: ValidationError):
+    parts = []
+    for err in exc.errors[:3]:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "payload", "path", "query")]
+        msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+        if err.get("type") == "json_invalid":
+            return _error(request, "invalid_json", "the request body is not valid JSON.", 400)
+        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    return _error(request, "invalid_input", "; ".join(parts) or "the request is invalid.", 400)
+
+
+@api.exception_handler(AuthenticationError)
+def _auth_error(request, exc: AuthenticationError):
+    detail = exc.message if exc.message != "Unauthorized" else "log in as staff or send 'Authorization: Bearer <token>'."
+    return _error(request, "unauthorized", detail, 401)
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc: HttpError):
+    if exc.status_code == 400 and "parse" in str(exc).lower():
+        return _error(request, "invalid_json", "the request body is not valid JSON.", 400)
+    code = {400: "bad_request", 403: "forbidden", 404: "not_found", 413: "too_large"}.get(exc.status_code, "error")
+    return _error(request, code, str(exc), exc.status_code)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request, exc):
+    return _error(request, "too_large", "the request body is larger than 64 KiB.", 413)
+
+
+def _require_perm(request: HttpRequest, perm: str) -> None:
+    """Session users need the Django permission; admin tokens may do everything."""
+    if getattr(request, "auth_token", None) is None and not request.user.has_perm(perm):
+        raise HttpError(403, f"your account lacks the permission {perm}.")
+
+
+class EndpointOut(Schema):
+    id: int
+    host: str
+    port: int
+    name: str
+    url: str
+    source: str
+    status: str
+    last_error: str
+    consecutive_failures: int
+    latency_ms: int | None
+    version: str
+    last_checked_at: str | None
+    registered_at: str | None
+    models: list[dict]
+
+
+class ErrorOut(Schema):
+    error: str
+    detail: str
+
+
+class ReportOut(Schema):
+    host: str
+    endpoint: EndpointOut | None
+
+
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut}
+
+
+@api.get("/endpoints", auth=admin_auth, response={200: list[EndpointOut], **ERRORS}, tags=["endpoints"])
+def list_endpoints(request):
+    """List every registered endpoint with its status and models."""
+    return services.endpoint_rows()
+
+
+@api.post("/endpoints", auth=admin_auth, response={201: EndpointOut, **ERRORS}, tags=["endpoints"])
+def create_endpoint(request, payload: EndpointIn):
+    """Register an Ollama endpoint (host or URL, port, optional name); it is probed at once."""
+    _require_perm(request, "registry.add_endpoint")
+    endpoint, _ = services.register_endpoint(payload.host, payload.port, payload.name)
+    return Status(201, services.endpoint_rows([endpoint.id])[0])
+
+
+@api.get("/endpoints/{endpoint_id}", auth=admin_auth, response={200: EndpointOut, **ERRORS}, tags=["endpoints"])
+def get_endpoint(request, endpoint_id: int):
+    """Read one endpoint."""
+    services.get_endpoint(endpoint_id)
+    return services.endpoint_rows([endpoint_id])[0]
+
+
+@api.delete("/endpoints/{endpoint_id}", auth=admin_auth, response={204: None, **ERRORS}, tags=["endpoints"])
+def delete_endpoint(request, endpoint_id: int):
+    """Remove an endpoint and its models."""
+    _require_perm(request, "registry.delete_endpoint")
+    services.remove_endpoint(endpoint_id)
+    return Status(204, None)
+
+
+@api.get("/snapshot", auth=[TokenAuth(Token.Scope.ADMIN), UserSession()], response={200: dict, **ERRORS}, tags=["fleet"])
+def snapshot(request):
+    """The whole registry: endpoints, latest resources per host, fleet model summary."""
+    return services.build_snapshot()
+
+
+@api.post(
+    "/sidecar/report",
+    auth=TokenAuth(Token.Scope.SIDECAR, Token.Scope.ADMIN),
+    response={200: ReportOut, **ERRORS},
+    tags=["sidecar"],
+)
+def sidecar_report(request, payload: SidecarReport):
+    """Record a host's resources; register its Ollama (source auto) when `ollama_url` is given."""
+    host, endpoint = services.record_report(payload)
+    row = services.endpoint_rows([endpoint.id])[0] if endpoint else None
+    return {"host": host.name, "endpoint": row}

@@ -1,0 +1,142 @@
+"""The registry's state: hosts, Ollama endpoints, their models, resource reports, API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.db import models
+from django.utils import timezone
+
+from registry.schemas import host_for_url
+
+
+class Host(models.Model):
+    """A machine: endpoints and resource reports attach to it."""
+
+    name = models.CharField(max_length=253, unique=True, help_text="How the hub names this machine.")
+    hostname = models.CharField(max_length=253, blank=True, help_text="What the machine calls itself.")
+    latest_snapshot = models.ForeignKey(
+        "ResourceSnapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_report_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Endpoint(models.Model):
+    """An Ollama server at host:port."""
+
+    class Source(models.TextChoices):
+        MANUAL = "manual", "manual"
+        AUTO = "auto", "auto"
+
+    class Status(models.TextChoices):
+        UNKNOWN = "unknown", "unknown"
+        HEALTHY = "healthy", "healthy"
+        UNHEALTHY = "unhealthy", "unhealthy"
+
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="endpoints")
+    port = models.PositiveIntegerField(default=11434)
+    name = models.CharField(max_length=100, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.MANUAL)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.UNKNOWN)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=200, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    version = models.CharField(max_length=50, blank=True)
+    registered_at = models.DateTimeField(default=timezone.now)
+    # A probe lease: a sweep claims endpoints by writing its token here, so two sweeps never
+    # probe the same endpoint at once; the lease lapses by itself if a worker dies.
+    probe_claim = models.CharField(max_length=32, blank=True, editable=False)
+    probe_claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["host__name", "port"]
+        constraints = [models.UniqueConstraint(fields=["host", "port"], name="endpoint_unique_host_port")]
+        indexes = [models.Index(fields=["status"]), models.Index(fields=["probe_claimed_until"])]
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"http://{host_for_url(self.host.name)}:{self.port}"
+
+
+class EndpointModel(models.Model):
+    """A model an endpoint holds (from /api/tags), and whether it is loaded (from /api/ps)."""
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="models")
+    name = models.CharField(max_length=200)
+    digest = models.CharField(max_length=100, blank=True)
+    size = models.BigIntegerField(default=0)
+    family = models.CharField(max_length=100, blank=True)
+    parameter_size = models.CharField(max_length=50, blank=True)
+    quantization = models.CharField(max_length=50, blank=True)
+    modified_at = models.DateTimeField(null=True, blank=True)
+    loaded = models.BooleanField(default=False)
+    size_vram = models.BigIntegerField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["endpoint", "name"], name="model_unique_per_endpoint")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ResourceSnapshot(models.Model):
+    """One resource report from a host's sidecar; history is pruned by a retention task."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="snapshots")
+    cpu_percent = models.FloatField()
+    ram_used_bytes = models.BigIntegerField()
+    ram_total_bytes = models.BigIntegerField()
+    vram_used_bytes = models.BigIntegerField(null=True, blank=True)
+    vram_total_bytes = models.BigIntegerField(null=True, blank=True)
+    gpus = models.JSONField(default=list, blank=True)
+    reported_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-reported_at"]
+        get_latest_by = "reported_at"
+
+    def __str__(self) -> str:
+        return f"{self.host} @ {self.reported_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Token(models.Model):
+    """An API bearer token; only its SHA-256 is stored."""
+
+    class Scope(models.TextChoices):
+        SIDECAR = "sidecar", "sidecar (may only report)"
+        ADMIN = "admin", "admin (may manage endpoints)"
+
+    label = models.CharField(max_length=100)
+    scope = models.CharField(max_length=10, choices=Scope.choices)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to recognise it.")
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.scope}, {self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    @staticmethod
+    def hash(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()

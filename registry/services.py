@@ -1,0 +1,401 @@
+"""The one place that changes registry state; REST, admin, WebSocket, tasks all call here."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from pydantic import ValidationError
+
+from registry import ollama, signals
+from registry.models import Endpoint, EndpointModel, Host, ResourceSnapshot, Token
+from registry.rows import endpoint_row, fleet_models_from_rows, resources_row
+from registry.schemas import EndpointIn, SidecarReport
+from registry.status import next_status
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryError(Exception):
+    """A request the registry refuses, with a stable code and a sentence for people."""
+
+    status_code = 400
+
+    def __init__(self, code: str, detail: str, *, status_code: int | None = None):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class NotFound(RegistryError):
+    status_code = 404
+
+
+def validation_message(exc: ValidationError) -> str:
+    """Turn pydantic's errors into one sentence naming the field."""
+    parts = []
+    for error in exc.errors()[:3]:
+        field = ".".join(str(p) for p in error.get("loc", ()) if p != "__root__")
+        message = error.get("msg", "is invalid").removeprefix("Value error, ")
+        parts.append(f"{field}: {message}" if field else message)
+    return "; ".join(parts)
+
+
+@lru_cache(maxsize=4)
+def _networks(text: str):
+    return ollama.parse_networks(text)
+
+
+def allowed_networks():
+    return _networks(settings.REGISTRY_ALLOWED_NETWORKS)
+
+
+# --- endpoints -------------------------------------------------------------------------
+
+
+def parse_endpoint(host: object, port: object = None, name: object = "") -> EndpointIn:
+    """Validate raw endpoint input (from any caller) or raise RegistryError."""
+    try:
+        return EndpointIn.model_validate({"host": host, "port": port, "name": name})
+    except ValidationError as exc:
+        raise RegistryError("invalid_endpoint", validation_message(exc)) from None
+
+
+def check_registrable(host: object, port: object = None, name: object = "", *, source: str = "manual") -> EndpointIn:
+    """Validate an endpoint to register: its shape, its address, and (manual) that it is new."""
+    spec = parse_endpoint(host, port, name)
+    refusal = ollama.literal_refusal(spec.host, allowed_networks())
+    if refusal:
+        raise RegistryError(
+            "address_not_allowed",
+            f"{spec.host} is outside REGISTRY_ALLOWED_NETWORKS ({refusal}); the hub will not probe it.",
+        )
+    if source == Endpoint.Source.MANUAL:
+        existing = Endpoint.objects.filter(host__name=spec.host, port=spec.port).first()
+        if existing is not None:
+            raise RegistryError(
+                "already_registered",
+                f"{spec.host}:{spec.port} is already registered (endpoint {existing.id}).",
+                status_code=409,
+            )
+    return spec
+
+
+def register_endpoint(
+    host: object, port: object = None, name: object = "", *, source: str = Endpoint.Source.MANUAL
+) -> tuple[Endpoint, bool]:
+    """Register host:port; return (endpoint, created). Manual duplicates are refused."""
+    spec = check_registrable(host, port, name, source=source)
+    with transaction.atomic():
+        host_obj, _ = Host.objects.get_or_create(name=spec.host)
+        existing = Endpoint.objects.filter(host=host_obj, port=spec.port).first()
+        if existing is not None:
+            if source == Endpoint.Source.AUTO:
+                return existing, False
+            raise RegistryError("already_registered", f"{existing.url} is already registered.", status_code=409)
+        try:
+            with transaction.atomic():
+                endpoint = Endpoint.objects.create(host=host_obj, port=spec.port, name=spec.name, source=source)
+        except IntegrityError:  # a concurrent registration won the race
+            endpoint = Endpoint.objects.get(host=host_obj, port=spec.port)
+            if source == Endpoint.Source.AUTO:
+                return endpoint, False
+            raise RegistryError("already_registered", f"{endpoint.url} is already registered.", status_code=409)
+        signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
+        transaction.on_commit(lambda: _probe_soon([endpoint.id]))
+    return endpoint, True
+
+
+def update_endpoint(endpoint_id: int, *, port: object = None, name: object = None) -> Endpoint:
+    """Change an endpoint's port or display name."""
+    endpoint = get_endpoint(endpoint_id)
+    spec = parse_endpoint(endpoint.host.name, endpoint.port if port is None else port, endpoint.name if name is None else name)
+    changed = {k: v for k, v in (("port", spec.port), ("name", spec.name)) if getattr(endpoint, k) != v}
+    if not changed:
+        return endpoint
+    with transaction.atomic():
+        if "port" in changed and Endpoint.objects.filter(host=endpoint.host, port=spec.port).exists():
+            raise RegistryError("already_registered", f"port {spec.port} is already registered on {endpoint.host}.", status_code=409)
+        Endpoint.objects.filter(id=endpoint.id).update(**changed)
+        signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
+    endpoint.refresh_from_db()
+    return endpoint
+
+
+def get_endpoint(endpoint_id: object) -> Endpoint:
+    """Return the endpoint or raise NotFound."""
+    if isinstance(endpoint_id, bool) or not isinstance(endpoint_id, int):
+        try:
+            endpoint_id = int(str(endpoint_id))
+        except ValueError:
+            raise RegistryError("invalid_id", "id must be a whole number.") from None
+    endpoint = Endpoint.objects.select_related("host").filter(id=endpoint_id).first()
+    if endpoint is None:
+        raise NotFound("not_found", f"endpoint {endpoint_id} does not exist.")
+    return endpoint
+
+
+def remove_endpoint(endpoint_id: object) -> int:
+    """Remove an endpoint (and its model rows); return its id."""
+    endpoint = get_endpoint(endpoint_id)
+    with transaction.atomic():
+        deleted, _ = Endpoint.objects.filter(id=endpoint.id).delete()
+        if deleted:
+            signals.endpoints_removed.send(sender=Endpoint, ids=[endpoint.id])
+    return endpoint.id
+
+
+def remove_endpoints(ids: Iterable[int]) -> list[int]:
+    """Remove several endpoints at once (admin bulk delete)."""
+    ids = list(Endpoint.objects.filter(id__in=list(ids)).values_list("id", flat=True))
+    with transaction.atomic():
+        Endpoint.objects.filter(id__in=ids).delete()
+        if ids:
+            signals.endpoints_removed.send(sender=Endpoint, ids=ids)
+    return ids
+
+
+def _probe_soon(ids: list[int]) -> None:
+    """Queue an immediate probe; a broker outage must not fail the registration."""
+    if not settings.PROBE_ON_REGISTER:
+        return
+    try:
+        from registry.tasks import probe_endpoints
+
+        probe_endpoints.apply_async(args=[ids], expires=settings.PROBE_INTERVAL_SECONDS)
+    except Exception:
+        logger.warning("could not queue a probe for endpoints %s", ids, exc_info=True)
+
+
+# --- probing ---------------------------------------------------------------------------
+
+
+def claim_for_probe(ids: Iterable[int] | None = None, *, now: datetime | None = None) -> tuple[str, list[ollama.ProbeTarget]]:
+    """Lease endpoints for one probe run; endpoints leased by another run are skipped."""
+    now = now or timezone.now()
+    claim = secrets.token_hex(8)
+    until = now + timedelta(seconds=settings.PROBE_TIMEOUT_SECONDS * 2 + 5)
+    free = Endpoint.objects.filter(probe_claimed_until__isnull=True) | Endpoint.objects.filter(probe_claimed_until__lt=now)
+    if ids is not None:
+        free = free.filter(id__in=list(ids))
+    free.update(probe_claim=claim, probe_claimed_until=until)
+    rows = Endpoint.objects.filter(probe_claim=claim).values_list("id", "host__name", "port")
+    return claim, [ollama.ProbeTarget(id=i, host=h, port=p) for i, h, p in rows]
+
+
+def release_claim(claim: str) -> None:
+    Endpoint.objects.filter(probe_claim=claim).update(probe_claim="", probe_claimed_until=None)
+
+
+def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | None = None) -> list[int]:
+    """Store a batch of probe results, writing only what changed; return the changed ids.
+
+    1. One bulk statement sets last_checked_at for the whole batch.
+    2. Per endpoint, status/error/version/latency are written only when they changed, the
+       status by compare-and-set so that a transition is reported exactly once.
+    3. Model rows are synchronised only when the set of models or their details changed.
+    """
+    now = now or timezone.now()
+    by_id = {r.id: r for r in results}
+    changed: list[int] = []
+    with transaction.atomic():
+        Endpoint.objects.filter(id__in=list(by_id)).update(last_checked_at=now)
+        endpoints = Endpoint.objects.filter(id__in=list(by_id)).prefetch_related("models")
+        for endpoint in endpoints:
+            result = by_id[endpoint.id]
+            row_changed = _apply_probe(endpoint, result)
+            if result.ok and _sync_models(endpoint, result.models):
+                row_changed = True
+            if row_changed:
+                changed.append(endpoint.id)
+        if changed:
+            signals.endpoints_changed.send(sender=Endpoint, ids=changed)
+    return changed
+
+
+def _latency_moved(old: int | None, new: int | None) -> bool:
+    if old is None or new is None:
+        return old != new
+    return abs(new - old) > max(5, old // 2)
+
+
+def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
+    status, failures = next_status(endpoint.status, endpoint.consecutive_failures, result.ok, settings.UNHEALTHY_AFTER_FAILURES)
+    fields = {"consecutive_failures": failures, "last_error": result.error[:200]}
+    if result.ok:
+        fields["version"] = result.version[:50]
+    if _latency_moved(endpoint.latency_ms, result.latency_ms):
+        fields["latency_ms"] = result.latency_ms
+    fields = {k: v for k, v in fields.items() if getattr(endpoint, k) != v}
+    visible = status != endpoint.status or bool(set(fields) - {"consecutive_failures"})
+    if status != endpoint.status:
+        # Compare-and-set: only the run that sees the old status reports the transition.
+        won = Endpoint.objects.filter(id=endpoint.id, status=endpoint.status).update(status=status, **fields)
+        return bool(won)
+    if fields:
+        Endpoint.objects.filter(id=endpoint.id).update(**fields)
+    return visible
+
+
+def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> bool:
+    """Make the endpoint's model rows equal `models`; return whether anything changed."""
+    current = {m.name: m for m in endpoint.models.all()}
+    wanted = {m.name[:200]: m for m in models}
+    fields = ("digest", "size", "family", "parameter_size", "quantization", "modified_at", "loaded", "size_vram", "expires_at")
+    to_create, to_update = [], []
+    for name, info in wanted.items():
+        values = {
+            "digest": info.digest[:100], "size": info.size, "family": info.family[:100],
+            "parameter_size": info.parameter_size[:50], "quantization": info.quantization[:50],
+            "modified_at": info.modified_at, "loaded": info.loaded, "size_vram": info.size_vram,
+            "expires_at": info.expires_at,
+        }
+        row = current.get(name)
+        if row is None:
+            to_create.append(EndpointModel(endpoint=endpoint, name=name, **values))
+        elif any(getattr(row, f) != values[f] for f in fields):
+            for f in fields:
+                setattr(row, f, values[f])
+            to_update.append(row)
+    stale = [row.id for name, row in current.items() if name not in wanted]
+    if stale:
+        EndpointModel.objects.filter(id__in=stale).delete()
+    if to_create:
+        EndpointModel.objects.bulk_create(to_create)
+    if to_update:
+        EndpointModel.objects.bulk_update(to_update, fields)
+    return bool(stale or to_create or to_update)
+
+
+# --- sidecar reports -------------------------------------------------------------------
+
+
+def parse_report(data: object) -> SidecarReport:
+    try:
+        return SidecarReport.model_validate(data)
+    except ValidationError as exc:
+        raise RegistryError("invalid_report", validation_message(exc)) from None
+
+
+def record_report(report: SidecarReport, *, now: datetime | None = None) -> tuple[Host, Endpoint | None]:
+    """Store a sidecar's resource report; register its Ollama (source auto) when it names one."""
+    now = now or timezone.now()
+    endpoint = None
+    with transaction.atomic():
+        target = report.ollama_host_port()
+        if target is not None:
+            endpoint, _ = register_endpoint(target[0], target[1], source=Endpoint.Source.AUTO)
+        host, _ = Host.objects.get_or_create(name=report.host)
+        snapshot = ResourceSnapshot.objects.create(
+            host=host,
+            cpu_percent=report.cpu_percent,
+            ram_used_bytes=report.ram_used_bytes,
+            ram_total_bytes=report.ram_total_bytes,
+            vram_used_bytes=report.vram_used_bytes,
+            vram_total_bytes=report.vram_total_bytes,
+            gpus=[g.model_dump() for g in report.gpus],
+            reported_at=now,
+        )
+        Host.objects.filter(id=host.id).update(latest_snapshot=snapshot, last_report_at=now, hostname=report.hostname)
+        signals.resources_changed.send(sender=Host, hosts=[host.name])
+    return host, endpoint
+
+
+def prune_snapshots(*, now: datetime | None = None) -> int:
+    """Delete resource history older than the retention window (latest per host is kept)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.RESOURCE_RETENTION_HOURS)
+    keep = Host.objects.exclude(latest_snapshot=None).values("latest_snapshot_id")
+    deleted, _ = ResourceSnapshot.objects.filter(reported_at__lt=cutoff).exclude(id__in=keep).delete()
+    return deleted
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def _endpoint_queryset():
+    return Endpoint.objects.select_related("host").prefetch_related("models")
+
+
+def endpoint_rows(ids: Iterable[int] | None = None) -> list[dict]:
+    """Rows for the given endpoints (all when ids is None), in a fixed number of queries."""
+    qs = _endpoint_queryset()
+    if ids is not None:
+        qs = qs.filter(id__in=list(ids))
+    return [endpoint_row(e) for e in qs]
+
+
+def host_resources(names: Iterable[str] | None = None, *, now: datetime | None = None) -> dict[str, dict | None]:
+    """Latest resources per host name (None for a host that never reported)."""
+    now = now or timezone.now()
+    qs = Host.objects.select_related("latest_snapshot")
+    if names is not None:
+        names = list(names)
+        qs = qs.filter(name__in=names)
+    found = {h.name: resources_row(h, now) for h in qs}
+    if names is not None:
+        for name in names:
+            found.setdefault(name, None)
+    return {k: v for k, v in found.items() if v is not None or names is not None}
+
+
+def fleet_models() -> dict[str, int]:
+    """Model name -> number of distinct hosts holding it, most widespread first."""
+    pairs = EndpointModel.objects.values_list("name", "endpoint__host_id").distinct()
+    counts: dict[str, set[int]] = {}
+    for name, host_id in pairs:
+        counts.setdefault(name, set()).add(host_id)
+    return dict(sorted(((n, len(h)) for n, h in counts.items()), key=lambda kv: (-kv[1], kv[0])))
+
+
+def build_snapshot(*, now: datetime | None = None) -> dict:
+    """The whole registry: endpoints, latest resources per host, fleet model summary (3 queries)."""
+    now = now or timezone.now()
+    rows = endpoint_rows()
+    return {
+        "server_time": now.isoformat(),
+        "stale_after_seconds": settings.STALE_AFTER_SECONDS,
+        "endpoints": rows,
+        "resources": host_resources(now=now),
+        "fleet_models": fleet_models_from_rows(rows),
+    }
+
+
+# --- tokens ----------------------------------------------------------------------------
+
+
+def create_token(scope: str, label: str) -> tuple[Token, str]:
+    """Create a token; the raw value is returned once and never stored."""
+    if scope not in Token.Scope.values:
+        raise RegistryError("invalid_scope", f"scope must be one of {', '.join(Token.Scope.values)}.")
+    if not label.strip():
+        raise RegistryError("invalid_label", "label is required.")
+    raw = f"agc_{scope[:3]}_{secrets.token_urlsafe(32)}"
+    token = Token.objects.create(scope=scope, label=label.strip()[:100], token_hash=Token.hash(raw), prefix=raw[:12])
+    return token, raw
+
+
+def authenticate_token(raw: str, *, now: datetime | None = None) -> Token | None:
+    """Return the active token for `raw`, recording its use (at most once a minute)."""
+    if not raw or len(raw) > 200:
+        return None
+    token = Token.objects.filter(token_hash=Token.hash(raw), revoked_at__isnull=True).first()
+    if token is None:
+        return None
+    now = now or timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > timedelta(seconds=60):
+        Token.objects.filter(id=token.id).update(last_used_at=now)
+        token.last_used_at = now
+    return token
+
+
+def revoke_tokens(ids: Iterable[int], *, now: datetime | None = None) -> int:
+    return Token.objects.filter(id__in=list(ids), revoked_at__isnull=True).update(revoked_at=now or timezone.now())

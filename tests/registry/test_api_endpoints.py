@@ -1,0 +1,167 @@
+"""REST: register, list, read and remove endpoints; auth; bad input never changes anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.models import Endpoint, Host
+
+URL = "/api/v1/endpoints"
+
+
+def test_admin_token_registers_lists_reads_and_removes_an_endpoint(api, admin_token):
+    created = api.post(URL, {"host": "gpu-01", "port": 11434, "name": "big box"}, admin_token)
+    assert created.status_code == 201, created.content
+    row = created.json()
+    assert (row["host"], row["port"], row["name"], row["source"], row["status"]) == (
+        "gpu-01", 11434, "big box", "manual", "unknown"
+    )
+    assert row["url"] == "http://gpu-01:11434"
+
+    listed = api.get(URL, admin_token).json()
+    assert [r["id"] for r in listed] == [row["id"]]
+    assert api.get(f"{URL}/{row['id']}", admin_token).json()["name"] == "big box"
+
+    assert api.delete(f"{URL}/{row['id']}", admin_token).status_code == 204
+    assert not Endpoint.objects.exists()
+    assert api.get(f"{URL}/{row['id']}", admin_token).status_code == 404
+
+
+def test_port_defaults_to_11434(api, admin_token):
+    assert api.post(URL, {"host": "gpu-02"}, admin_token).json()["port"] == 11434
+
+
+def test_staff_session_registers_with_a_csrf_token(operator_client):
+    operator_client.get("/dashboard/")  # sets the CSRF cookie
+    token = operator_client.cookies["csrftoken"].value
+    response = operator_client.post(URL, '{"host": "gpu-03"}', content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    assert response.status_code == 201, response.content
+    assert Endpoint.objects.get().host.name == "gpu-03"
+
+
+def test_staff_session_without_csrf_token_is_refused(operator_client):
+    response = operator_client.post(URL, '{"host": "gpu-03"}', content_type="application/json")
+    assert response.status_code == 403
+    assert not Endpoint.objects.exists()
+
+
+def test_staff_without_add_permission_may_not_register(api, db):
+    from django.contrib.auth.models import User
+
+    user = User.objects.create_user("watcher", password="x" * 12, is_staff=True)
+    api.client.force_login(user)
+    api.client.get("/dashboard/")
+    response = api.client.post(
+        URL, '{"host": "gpu-03"}', content_type="application/json",
+        HTTP_X_CSRFTOKEN=api.client.cookies["csrftoken"].value,
+    )
+    assert response.status_code == 403
+    assert "registry.add_endpoint" in response.json()["detail"]
+    assert not Endpoint.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("raw", "host", "port"),
+    [
+        ("http://gpu-01:11434/", "gpu-01", 11434),
+        ("https://GPU-01.example.com:8080", "gpu-01.example.com", 8080),
+        ("10.0.0.5", "10.0.0.5", 11434),
+        ("[fd00::5]:11500", "fd00::5", 11500),
+        ("fd00::7", "fd00::7", 11434),
+        ("http://[fd00::8]:1234/", "fd00::8", 1234),
+    ],
+)
+def test_host_input_is_normalised(api, admin_token, raw, host, port):
+    response = api.post(URL, {"host": raw}, admin_token)
+    assert response.status_code == 201, response.content
+    assert (response.json()["host"], response.json()["port"]) == (host, port)
+
+
+def test_registering_the_same_endpoint_twice_is_a_conflict(api, admin_token):
+    assert api.post(URL, {"host": "gpu-01"}, admin_token).status_code == 201
+    again = api.post(URL, {"host": "http://gpu-01:11434/"}, admin_token)
+    assert again.status_code == 409
+    assert again.json()["error"] == "already_registered"
+    assert Endpoint.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "host"),
+        ({"host": ""}, "host"),
+        ({"host": "   "}, "host"),
+        ({"host": "gpu 01"}, "host"),
+        ({"host": "gpu-01/api"}, "path"),
+        ({"host": "http://gpu-01:11434/api/tags"}, "path"),
+        ({"host": "gpu-01", "port": 0}, "port"),
+        ({"host": "gpu-01", "port": 70000}, "port"),
+        ({"host": "gpu-01", "port": "abc"}, "port"),
+        ({"host": "gpu-01", "port": True}, "port"),
+        ({"host": "gpu-01", "name": "x" * 101}, "name"),
+        ({"host": ["gpu-01"]}, "host"),
+        ({"host": "8.8.8.8"}, "REGISTRY_ALLOWED_NETWORKS"),
+        ({"host": "169.254.169.254"}, "REGISTRY_ALLOWED_NETWORKS"),
+    ],
+)
+def test_bad_endpoint_input_gets_a_clear_error_and_changes_nothing(api, admin_token, body, field):
+    response = api.post(URL, body, admin_token)
+    assert response.status_code == 400, response.content
+    payload = response.json()
+    assert set(payload) == {"error", "detail"}
+    assert field in payload["detail"]
+    assert not Endpoint.objects.exists()
+    assert not Host.objects.exists()
+
+
+def test_a_body_that_is_not_json_is_refused(api, admin_token):
+    response = api.post(URL, "{host: gpu-01", admin_token, raw=True)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_json"
+    assert not Endpoint.objects.exists()
+
+
+def test_a_body_over_64_kib_is_refused(api, admin_token):
+    response = api.post(URL, {"host": "gpu-01", "name": "x" * 70_000}, admin_token)
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_large"
+    assert not Endpoint.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/endpoints/999", "/api/v1/endpoints/abc"])
+def test_unknown_endpoint_id_is_a_clean_error(api, admin_token, path):
+    assert api.get(path, admin_token).status_code in (400, 404)
+    response = api.delete(path, admin_token)
+    assert response.status_code in (400, 404)
+    assert "error" in response.json()
+
+
+def test_wrong_token_is_401(api, db):
+    response = api.get(URL, "agc_adm_not-a-real-token")
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+
+
+def test_revoked_token_is_401(api, revoked_token):
+    response = api.post(URL, {"host": "gpu-01"}, revoked_token)
+    assert response.status_code == 401
+    assert "revoked" in response.json()["detail"]
+    assert not Endpoint.objects.exists()
+
+
+def test_no_credentials_is_401(api):
+    assert api.get(URL).status_code == 401
+
+
+def test_sidecar_token_on_an_admin_route_is_403(api, sidecar_token):
+    response = api.post(URL, {"host": "gpu-01"}, sidecar_token)
+    assert response.status_code == 403
+    assert response.json()["error"] == "forbidden"
+    assert not Endpoint.objects.exists()
+
+
+def test_openapi_description_and_docs_are_served(api):
+    spec = api.get("/api/v1/openapi.json").json()
+    assert "/api/v1/endpoints" in spec["paths"]
+    assert "/api/v1/sidecar/report" in spec["paths"]
+    assert api.get("/api/v1/docs").status_code == 200

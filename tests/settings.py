@@ -1,0 +1,17 @@
+"""Test settings: the real ones, with per-run isolation on the shared Redis and quick probes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+# Set before the real settings are read, and inherited by the daphne/Celery processes the
+# end-to-end tests start, so that a test run never shares queues or groups with a live hub.
+os.environ.setdefault("AGENTCOM_CHANNEL_PREFIX", f"test-{uuid.uuid4().hex[:8]}")
+os.environ.setdefault("AGENTCOM_CELERY_QUEUE", os.environ["AGENTCOM_CHANNEL_PREFIX"])
+os.environ.setdefault("PROBE_ON_REGISTER", "false")
+os.environ.setdefault("PROBE_TIMEOUT_SECONDS", "1")
+
+from agentcom_site.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

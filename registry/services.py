@@ -222,9 +222,10 @@ def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | N
 
 
 def _latency_moved(old: int | None, new: int | None) -> bool:
+    """Latency jitters on every probe; store it only when it moved a lot (not a visible change)."""
     if old is None or new is None:
         return old != new
-    return abs(new - old) > max(5, old // 2)
+    return abs(new - old) > max(50, old)
 
 
 def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
@@ -235,7 +236,7 @@ def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
     if _latency_moved(endpoint.latency_ms, result.latency_ms):
         fields["latency_ms"] = result.latency_ms
     fields = {k: v for k, v in fields.items() if getattr(endpoint, k) != v}
-    visible = status != endpoint.status or bool(set(fields) - {"consecutive_failures"})
+    visible = status != endpoint.status or bool(set(fields) - {"consecutive_failures", "latency_ms"})
     if status != endpoint.status:
         # Compare-and-set: only the run that sees the old status reports the transition.
         won = Endpoint.objects.filter(id=endpoint.id, status=endpoint.status).update(status=status, **fields)
@@ -243,6 +244,13 @@ def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
     if fields:
         Endpoint.objects.filter(id=endpoint.id).update(**fields)
     return visible
+
+
+def _same(field: str, old, new) -> bool:
+    # Ollama moves expires_at on every use of a loaded model; a small shift is not worth a write.
+    if field == "expires_at" and old is not None and new is not None:
+        return abs((new - old).total_seconds()) < 60
+    return old == new
 
 
 def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> bool:
@@ -261,7 +269,7 @@ def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> bool
         row = current.get(name)
         if row is None:
             to_create.append(EndpointModel(endpoint=endpoint, name=name, **values))
-        elif any(getattr(row, f) != values[f] for f in fields):
+        elif any(not _same(f, getattr(row, f), values[f]) for f in fields):
             for f in fields:
                 setattr(row, f, values[f])
             to_update.append(row)

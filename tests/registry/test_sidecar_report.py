@@ -1,0 +1,104 @@
+"""POST /api/v1/sidecar/report: resources reach the snapshot; ollama_url registers an auto endpoint."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.models import Endpoint, ResourceSnapshot
+
+URL = "/api/v1/sidecar/report"
+GIB = 1024**3
+
+
+def report(**overrides):
+    body = {
+        "hostname": "gpu-01.lan",
+        "cpu_percent": 41.5,
+        "ram_used_bytes": 20 * GIB,
+        "ram_total_bytes": 64 * GIB,
+        "vram_used_bytes": 30 * GIB,
+        "vram_total_bytes": 80 * GIB,
+        "gpus": [
+            {"index": 0, "name": "NVIDIA A100", "memory_used_bytes": 30 * GIB,
+             "memory_total_bytes": 80 * GIB, "utilization_percent": 55},
+        ],
+    }
+    body.update(overrides)
+    return body
+
+
+def test_report_makes_the_hosts_resources_appear_in_the_snapshot(api, sidecar_token, admin_token):
+    response = api.post(URL, report(), sidecar_token)
+    assert response.status_code == 200, response.content
+    resources = api.get("/api/v1/snapshot", admin_token).json()["resources"]
+    host = resources["gpu-01.lan"]
+    assert host["cpu_percent"] == 41.5
+    assert host["ram_total_bytes"] == 64 * GIB
+    assert host["vram_used_bytes"] == 30 * GIB
+    assert host["gpus"][0]["name"] == "NVIDIA A100"
+    assert host["stale"] is False
+
+
+def test_report_with_ollama_url_registers_an_auto_endpoint_once(api, sidecar_token, admin_token):
+    body = report(ollama_url="http://10.0.0.7:11434")
+    first = api.post(URL, body, sidecar_token).json()
+    second = api.post(URL, body, sidecar_token).json()
+    assert first["endpoint"]["id"] == second["endpoint"]["id"]
+    endpoint = Endpoint.objects.get()
+    assert (endpoint.host.name, endpoint.port, endpoint.source) == ("10.0.0.7", 11434, "auto")
+    # The host is named after the Ollama URL's host, so endpoint and resources meet on the dashboard.
+    snapshot = api.get("/api/v1/snapshot", admin_token).json()
+    assert snapshot["endpoints"][0]["host"] == "10.0.0.7"
+    assert snapshot["resources"]["10.0.0.7"]["hostname"] == "gpu-01.lan"
+
+
+def test_a_report_without_gpu_has_null_vram(api, sidecar_token, admin_token):
+    api.post(URL, report(vram_used_bytes=None, vram_total_bytes=None, gpus=[]), sidecar_token)
+    host = api.get("/api/v1/snapshot", admin_token).json()["resources"]["gpu-01.lan"]
+    assert host["vram_total_bytes"] is None
+
+
+def test_token_use_is_recorded(api, sidecar_token):
+    from registry.models import Token
+
+    api.post(URL, report(), sidecar_token)
+    assert Token.objects.get(scope="sidecar").last_used_at is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"cpu_percent": 101}, "cpu_percent"),
+        ({"cpu_percent": -1}, "cpu_percent"),
+        ({"ram_used_bytes": -5}, "ram_used_bytes"),
+        ({"ram_used_bytes": 65 * GIB}, "ram_used_bytes"),
+        ({"vram_used_bytes": 90 * GIB}, "vram_used_bytes"),
+        ({"vram_used_bytes": None}, "vram"),
+        ({"hostname": ""}, "hostname"),
+        ({"cpu_percent": "lots"}, "cpu_percent"),
+        ({"ollama_url": "http://gpu 01:11434"}, "host"),
+        ({"ollama_url": "http://8.8.8.8:11434"}, "REGISTRY_ALLOWED_NETWORKS"),
+        ({"gpus": [{"index": 0, "memory_used_bytes": 9, "memory_total_bytes": 1}]}, "memory_used_bytes"),
+    ],
+)
+def test_bad_report_gets_a_clear_error_and_changes_nothing(api, sidecar_token, overrides, field):
+    response = api.post(URL, report(**overrides), sidecar_token)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["detail"]
+    assert not ResourceSnapshot.objects.exists()
+    assert not Endpoint.objects.exists()
+
+
+def test_report_with_wrong_token_is_401(api, db):
+    assert api.post(URL, report(), "nope").status_code == 401
+    assert not ResourceSnapshot.objects.exists()
+
+
+def test_report_with_revoked_token_is_401(api, revoked_token):
+    assert api.post(URL, report(), revoked_token).status_code == 401
+
+
+def test_report_that_is_not_json_is_400(api, sidecar_token):
+    response = api.post(URL, "not json at all", sidecar_token, raw=True)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_json"

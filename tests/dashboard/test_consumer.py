@@ -1,0 +1,168 @@
+"""The dashboard WebSocket through the real ASGI application and a real Redis channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from agentcom_site.asgi import application
+from registry import services
+from registry.models import Endpoint
+from registry.schemas import SidecarReport
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+@sync_to_async
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def connect(user=None, origin=ORIGIN) -> WebsocketCommunicator:
+    headers = [origin] if origin else []
+    if user is not None:
+        headers.append((b"cookie", await session_cookie(user)))
+    communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    communicator.connected = connected
+    return communicator
+
+
+async def receive(communicator, timeout: float = 3) -> dict:
+    return json.loads(await communicator.receive_from(timeout=timeout))
+
+
+async def receive_until(communicator, frame_type: str, timeout: float = 3) -> dict:
+    while True:
+        frame = await receive(communicator, timeout)
+        if frame["type"] == frame_type:
+            return frame
+
+
+@pytest.fixture
+async def operator_ws(operator):
+    communicator = await connect(operator)
+    assert communicator.connected
+    yield communicator
+    await communicator.disconnect()
+
+
+async def test_snapshot_is_sent_on_connect(operator):
+    await sync_to_async(services.register_endpoint)("gpu-01", 11434, "first")
+    communicator = await connect(operator)
+    frame = await receive(communicator)
+    assert frame["type"] == "snapshot"
+    assert [e["host"] for e in frame["endpoints"]] == ["gpu-01"]
+    assert {"resources", "fleet_models", "server_time", "stale_after_seconds"} <= set(frame)
+    await communicator.disconnect()
+
+
+async def test_a_change_made_elsewhere_arrives_as_a_delta(operator_ws):
+    await receive_until(operator_ws, "snapshot")
+    endpoint, _ = await sync_to_async(services.register_endpoint)("gpu-02")
+    update = await receive_until(operator_ws, "llm_registry_update")
+    assert [e["id"] for e in update["endpoints"]] == [endpoint.id]
+    await sync_to_async(services.record_report)(
+        SidecarReport(hostname="gpu-02", cpu_percent=12, ram_used_bytes=1, ram_total_bytes=2)
+    )
+    update = await receive_until(operator_ws, "llm_registry_update")
+    assert update["resources"]["gpu-02"]["cpu_percent"] == 12
+    await sync_to_async(services.remove_endpoint)(endpoint.id)
+    update = await receive_until(operator_ws, "llm_registry_update")
+    assert update["removed"] == [endpoint.id]
+
+
+async def test_operator_adds_and_removes_an_endpoint_over_the_socket(operator_ws):
+    await receive_until(operator_ws, "snapshot")
+    await operator_ws.send_json_to({"type": "register_llm_endpoint", "host": "gpu-03", "port": 11434, "name": "x"})
+    registered = await receive_until(operator_ws, "llm_endpoint_registered")
+    endpoint_id = registered["endpoint"]["id"]
+    assert await sync_to_async(Endpoint.objects.filter(id=endpoint_id).exists)()
+    await operator_ws.send_json_to({"type": "remove_llm_endpoint", "id": endpoint_id})
+    assert (await receive_until(operator_ws, "llm_endpoint_removed"))["id"] == endpoint_id
+    assert not await sync_to_async(Endpoint.objects.exists)()
+
+
+async def test_bad_registration_gets_an_error_frame_and_changes_nothing(operator_ws):
+    await receive_until(operator_ws, "snapshot")
+    await operator_ws.send_json_to({"type": "register_llm_endpoint", "host": "gpu 03", "port": 11434})
+    error = await receive_until(operator_ws, "llm_endpoint_error")
+    assert "spaces" in error["error"]
+    await operator_ws.send_json_to({"type": "remove_llm_endpoint", "id": 424242})
+    assert "does not exist" in (await receive_until(operator_ws, "llm_endpoint_error"))["error"]
+    assert not await sync_to_async(Endpoint.objects.exists)()
+
+
+async def test_viewer_may_watch_but_not_add_or_remove(viewer):
+    endpoint, _ = await sync_to_async(services.register_endpoint)("gpu-04")
+    communicator = await connect(viewer)
+    assert communicator.connected
+    await receive_until(communicator, "snapshot")
+    await communicator.send_json_to({"type": "register_llm_endpoint", "host": "gpu-05", "port": 11434})
+    assert "add_endpoint" in (await receive_until(communicator, "llm_endpoint_error"))["error"]
+    await communicator.send_json_to({"type": "remove_llm_endpoint", "id": endpoint.id})
+    assert "delete_endpoint" in (await receive_until(communicator, "llm_endpoint_error"))["error"]
+    assert await sync_to_async(Endpoint.objects.count)() == 1
+    await communicator.disconnect()
+
+
+async def test_anonymous_socket_is_refused(db):
+    communicator = await connect(None)
+    assert not communicator.connected
+
+
+async def test_socket_from_a_foreign_origin_is_refused(operator):
+    communicator = await connect(operator, origin=(b"origin", b"http://evil.example.com"))
+    assert not communicator.connected
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        json.dumps([1, 2, 3]),
+        json.dumps({"no": "type"}),
+        json.dumps({"type": 7}),
+        json.dumps({"type": "launch_missiles"}),
+        json.dumps({"type": "register_llm_endpoint", "host": {"a": 1}, "port": [1]}),
+        json.dumps({"type": "remove_llm_endpoint", "id": "abc"}),
+        "x" * 1_000_000,
+    ],
+)
+async def test_malformed_frames_get_an_error_and_the_connection_stays_up(operator_ws, frame):
+    await receive_until(operator_ws, "snapshot")
+    await operator_ws.send_to(text_data=frame)
+    assert (await receive_until(operator_ws, "llm_endpoint_error"))["error"]
+    await operator_ws.send_json_to({"type": "request_snapshot"})
+    assert (await receive_until(operator_ws, "snapshot"))["type"] == "snapshot"
+
+
+async def test_a_burst_of_changes_is_coalesced_into_a_few_frames_with_the_final_state(operator_ws):
+    await receive_until(operator_ws, "snapshot")
+
+    def burst():
+        for i in range(40):
+            services.register_endpoint(f"burst-{i:02d}")
+
+    await sync_to_async(burst)()
+    seen: dict[int, dict] = {}
+    frames = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2.0
+    while loop.time() < deadline and len(seen) < 40:
+        frame = await receive(operator_ws, timeout=2)
+        if frame["type"] == "llm_registry_update":
+            frames += 1
+            seen.update({e["id"]: e for e in frame["endpoints"]})
+    assert len(seen) == 40
+    # 40 commits in well under a second -> a handful of frames (at most ~4 per second).
+    assert frames <= 6

@@ -208,9 +208,9 @@ def test_a_localhost_fqdn_is_never_advertised(fqdn):
 
 
 @pytest.mark.parametrize("value", ["http://127.0.0.1:11434", "localhost:11434", "http://[::1]/"])
-def test_the_advertise_url_flag_refuses_loopback_addresses(value, capsys):
+def test_the_advertise_url_flag_refuses_loopback_addresses_for_a_remote_hub(value, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse_args("--advertise-url", value)
+        sidecar.main(["--hub", "http://hub.example.com:8000", "--advertise-url", value])
 
     assert exit_info.value.code == 2
     assert "names this machine only" in capsys.readouterr().err

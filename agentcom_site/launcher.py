@@ -100,10 +100,11 @@ def manage(*args: str, env: dict) -> None:
 def hub_processes(env: dict, host: str, port: str) -> list[tuple[str, list[str]]]:
     celery = [PY, "-m", "celery", "-A", "agentcom_site"]
     return [
-        ("daphne", [PY, "-m", "daphne", "-b", host, "-p", port, "agentcom_site.asgi:application"]),
-        ("worker", [*celery, "worker", "--loglevel", "INFO", "--concurrency", env.get("CELERY_CONCURRENCY", "2"),
+        ("daphne", [PY, "-m", "daphne", "-b", host, "-p", port, "--access-log", str(RUN_DIR / "access.log"),
+                    "agentcom_site.asgi:application"]),
+        ("worker", [*celery, "worker", "--loglevel", env.get("CELERY_LOG_LEVEL", "WARNING"), "--concurrency", env.get("CELERY_CONCURRENCY", "2"),
                     "-Q", env.get("AGENTCOM_CELERY_QUEUE", "agentcom"), "--without-gossip", "--without-mingle"]),
-        ("beat", [*celery, "beat", "--loglevel", "INFO", "--schedule", str(RUN_DIR / "celerybeat-schedule")]),
+        ("beat", [*celery, "beat", "--loglevel", env.get("CELERY_LOG_LEVEL", "WARNING"), "--schedule", str(RUN_DIR / "celerybeat-schedule")]),
     ]
 
 
@@ -156,6 +157,9 @@ def run(extra: list[tuple[str, list[str]]] | None = None) -> int:
 
 def demo() -> int:
     """The hub plus a simulated fleet: fake Ollama hosts and a simulated sidecar per host."""
+    os.environ.setdefault("PROBE_INTERVAL_SECONDS", "5")  # a livelier page than the default 15 s
+    # The demo keeps its own database, so its simulated hosts never mix with a real registry.
+    os.environ.setdefault("DATABASE_URL", f"sqlite:///{RUN_DIR / 'demo.sqlite3'}")
     return run(extra=[("demo-fleet", [PY, str(BASE_DIR / "manage.py"), "demo_fleet"])])
 
 

@@ -21,12 +21,16 @@ class Command(BaseCommand):
             where = f" (password saved in {password_file})" if password_file.exists() else ""
             self.stdout.write(f"Log in as an existing user{where}.")
             return
-        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or secrets.token_urlsafe(12)
+        # Reuse a password saved earlier (e.g. by `make run` for `make demo`'s own database).
+        saved = password_file.read_text().strip() if password_file.exists() else ""
+        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or saved or secrets.token_urlsafe(12)
         users.objects.create_superuser("admin", "", password)
-        if not os.environ.get("DJANGO_SUPERUSER_PASSWORD"):
+        if os.environ.get("DJANGO_SUPERUSER_PASSWORD"):
+            self.stdout.write("Created superuser 'admin' with the password from DJANGO_SUPERUSER_PASSWORD.")
+        elif saved:
+            self.stdout.write(f"Created superuser 'admin' with the password saved in {password_file}.")
+        else:
+            password_file.touch(mode=0o600)
             password_file.write_text(password + "\n")
-            password_file.chmod(0o600)
             self.stdout.write(f"Created superuser 'admin' with password: {password}")
             self.stdout.write(f"(shown once; saved in {password_file}, readable only by you)")
-        else:
-            self.stdout.write("Created superuser 'admin' with the password from DJANGO_SUPERUSER_PASSWORD.")

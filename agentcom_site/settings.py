@@ -118,7 +118,9 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py 8 caps a pool at 100 connections and then raises; a burst of dashboards
+            # connecting at once (group_add per socket) needs more.
+            "hosts": [{"address": REDIS_URL, "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000, minimum=10)}],
             "prefix": env_str("AGENTCOM_CHANNEL_PREFIX", "asgi"),
             "capacity": 1000,
             "expiry": 30,
@@ -148,6 +150,7 @@ REGISTRY_ALLOWED_NETWORKS = env_str(
     "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7",
 )
 DASHBOARD_MAX_FRAMES_PER_SECOND = env_float("DASHBOARD_MAX_FRAMES_PER_SECOND", 4.0, minimum=0.5)
+PUBLISH_MAX_EVENTS_PER_SECOND = env_float("PUBLISH_MAX_EVENTS_PER_SECOND", 10.0, minimum=0.5)
 
 LOGGING = {
     "version": 1,

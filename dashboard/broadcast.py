@@ -1,11 +1,24 @@
-"""Turn committed registry changes into typed events on the channel layer group."""
+"""Turn committed registry changes into coalesced events on the channel layer group.
+
+Every process that changes state (daphne, each Celery worker, a management command) owns one
+Publisher. Receivers only add ids to it; a background thread sends at most
+PUBLISH_MAX_EVENTS_PER_SECOND events per process, each carrying full rows for everything
+that changed since the last one. Coalescing here, before Redis, matters: every group_send is
+one message per connected dashboard into daphne, and one daphne saturates at a few thousand
+messages per second (see shared/MEASURED.md). The consumer coalesces again per browser.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
+import threading
+import time
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
 
 from registry import services
 
@@ -15,26 +28,84 @@ GROUP = "llm_registry"
 EVENT_TYPE = "registry.changed"  # handled by DashboardConsumer.registry_changed
 
 
-def _send(data: dict) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(GROUP, {"type": EVENT_TYPE, "data": data})
-    except Exception:  # a Redis outage must not fail the request or task that changed state
-        logger.warning("could not publish a registry event", exc_info=True)
+class Publisher:
+    """Collect changed ids from any thread; publish them in batches from one thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.changed: set[int] = set()
+        self.removed: set[int] = set()
+        self.hosts: set[str] = set()
+        self.sending = threading.Lock()  # held for a whole flush, so exit waits for one in flight
+        self.thread: threading.Thread | None = None
+        self.last_flush = 0.0
+        # One loop for all sends: channels-redis keeps its connection pool per event loop,
+        # so a fresh loop per send (what async_to_sync does in a plain thread) reconnects each time.
+        self.loop = asyncio.new_event_loop()
+
+    def add(self, *, changed=(), removed=(), hosts=()) -> None:
+        with self.lock:
+            self.changed.update(changed)
+            self.removed.update(removed)
+            self.hosts.update(hosts)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="registry-publisher", daemon=True)
+                self.thread.start()
+            self.wake.notify()
+
+    def _take(self) -> tuple[set[int], set[int], set[str]]:
+        batch = (self.changed - self.removed, self.removed, self.hosts)
+        self.changed, self.removed, self.hosts = set(), set(), set()
+        return batch
+
+    def _run(self) -> None:
+        interval = 1.0 / settings.PUBLISH_MAX_EVENTS_PER_SECOND
+        while True:
+            with self.lock:
+                while not (self.changed or self.removed or self.hosts):
+                    self.wake.wait()
+            # Leading edge: an isolated change goes out at once; a burst waits out the interval.
+            time.sleep(max(0.0, self.last_flush + interval - time.monotonic()))
+            self.flush()
+
+    def flush(self) -> None:
+        """Publish everything pending now (also called at exit)."""
+        with self.sending:
+            with self.lock:
+                changed, removed, hosts = self._take()
+            if not (changed or removed or hosts):
+                return
+            self.last_flush = time.monotonic()
+            try:
+                self._send(build_event(changed, removed, hosts))
+            except Exception:  # a database or Redis hiccup must not kill the publisher thread
+                logger.warning("could not publish a registry event", exc_info=True)
+            finally:
+                # This thread's own connection; closing it keeps no idle connection (or test
+                # database) held open between bursts.
+                connection.close()
 
 
-def endpoints_changed(ids: list[int]) -> None:
-    """Publish the changed endpoints as full rows, plus the new fleet summary."""
-    rows = services.endpoint_rows(ids)
-    found = {row["id"] for row in rows}
-    _send({"endpoints": rows, "removed": [i for i in ids if i not in found], "fleet_models": services.fleet_models()})
+    def _send(self, data: dict) -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            self.loop.run_until_complete(layer.group_send(GROUP, {"type": EVENT_TYPE, "data": data}))
 
 
-def endpoints_removed(ids: list[int]) -> None:
-    _send({"endpoints": [], "removed": list(ids), "fleet_models": services.fleet_models()})
+def build_event(changed: set[int], removed: set[int], hosts: set[str]) -> dict:
+    """The event payload: full rows for changed endpoints, removed ids, hosts' resources."""
+    data: dict = {}
+    if changed or removed:
+        rows = services.endpoint_rows(changed) if changed else []
+        gone = changed - {row["id"] for row in rows}
+        data.update(endpoints=rows, removed=sorted(removed | gone), fleet_models=services.fleet_models())
+    if hosts:
+        data["resources"] = services.host_resources(hosts)
+    return data
 
 
-def resources_changed(hosts: list[str]) -> None:
-    _send({"resources": services.host_resources(hosts)})
+
+
+publisher = Publisher()
+atexit.register(publisher.flush)

@@ -1,24 +1,27 @@
-"""Registry signals -> broadcast after the transaction commits."""
+"""Registry signals -> the process's publisher, once the transaction has committed."""
 
 from __future__ import annotations
 
 from django.db import transaction
 from django.dispatch import receiver
 
-from dashboard import broadcast
+from dashboard.broadcast import publisher
 from registry import signals
 
 
 @receiver(signals.endpoints_changed)
 def _on_endpoints_changed(sender, ids, **kwargs):
-    transaction.on_commit(lambda: broadcast.endpoints_changed(list(ids)))
+    ids = list(ids)
+    transaction.on_commit(lambda: publisher.add(changed=ids))
 
 
 @receiver(signals.endpoints_removed)
 def _on_endpoints_removed(sender, ids, **kwargs):
-    transaction.on_commit(lambda: broadcast.endpoints_removed(list(ids)))
+    ids = list(ids)
+    transaction.on_commit(lambda: publisher.add(removed=ids))
 
 
 @receiver(signals.resources_changed)
 def _on_resources_changed(sender, hosts, **kwargs):
-    transaction.on_commit(lambda: broadcast.resources_changed(list(hosts)))
+    hosts = list(hosts)
+    transaction.on_commit(lambda: publisher.add(hosts=hosts))

@@ -32,9 +32,7 @@ test: $(DEV_STAMP)
 	$(PY) -m agentcom_site.launcher test $(PYTEST_ARGS)
 
 bench: $(DEV_STAMP)
-	$(PY) -m agentcom_site.launcher test --version >/dev/null
-	$(PY) bench/probe_sweep.py
-	$(PY) bench/fanout.py
+	$(PY) -m agentcom_site.launcher bench
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 
 def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+    return os.environ.get(name) or default
 
 
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:

@@ -1,6 +1,6 @@
 """Start the hub (daphne + Celery worker + beat) or the tests, with Redis found or started.
 
-Used by the Makefile: `python -m agentcom_site.launcher run|test|demo`. Imports no Django
+Used by the Makefile: `python -m agentcom_site.launcher run|test|demo|bench`. Imports no Django
 at module level, so it can run before the database exists.
 """
 
@@ -163,25 +163,28 @@ def demo() -> int:
     return run(extra=[("demo-fleet", [PY, str(BASE_DIR / "manage.py"), "demo_fleet"])])
 
 
-def test(pytest_args: list[str]) -> int:
+def with_redis(cmd: list[str]) -> int:
+    """Run `cmd` with REDIS_URL pointing at a Redis that answers (found or started)."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     redis = Redis()
     env = dict(os.environ, REDIS_URL=redis.start())
     try:
-        return subprocess.run([PY, "-m", "pytest", *pytest_args], env=env, cwd=BASE_DIR).returncode
+        return subprocess.run(cmd, env=env, cwd=BASE_DIR).returncode
     finally:
         redis.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentcom_site.launcher")
-    parser.add_argument("command", choices=["run", "test", "demo"])
+    parser.add_argument("command", choices=["run", "test", "demo", "bench"])
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
         return run()
     if args.command == "demo":
         return demo()
-    return test(rest)
+    if args.command == "bench":
+        return with_redis([PY, "bench/probe_sweep.py"]) or with_redis([PY, "bench/fanout.py"])
+    return with_redis([PY, "-m", "pytest", *rest])
 
 
 if __name__ == "__main__":

@@ -30,3 +30,17 @@ def test_superuser_password_from_the_environment_wins(db, settings, tmp_path, mo
     call_command("ensure_admin", stdout=io.StringIO())
     assert User.objects.get(username="admin").check_password("from-the-env-123")
     assert not (tmp_path / "admin-password").exists()
+
+
+def test_without_any_redis_the_launcher_starts_a_private_one_and_stops_it(tmp_path, monkeypatch):
+    from agentcom_site import launcher
+
+    monkeypatch.setattr(launcher, "RUN_DIR", tmp_path)
+    redis = launcher.Redis()
+    url = redis._start_private()
+    try:
+        assert launcher.redis_answers(url)
+        assert (tmp_path / "redis").is_dir()
+    finally:
+        redis.stop()
+    assert not launcher.redis_answers(url)

@@ -1,0 +1,139 @@
+"""Probe-sweep benchmark: N endpoints served by the fake Ollama fleet (in its own process),
+90% healthy, 5% hanging, 5% answering HTTP 500; one sweep as a Celery chunk task runs it.
+
+Prints a table and writes bench/results/probe_sweep.json:
+    .venv/bin/python bench/probe_sweep.py [--sizes 100,1000] [--timeout 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+FIRST_ADDRESS = ipaddress.ip_address("127.0.40.1")
+
+
+def setup_django(folder: Path, timeout: float) -> None:
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="agentcom_site.settings",
+        DATABASE_URL=f"sqlite:///{folder / 'bench.sqlite3'}",
+        AGENTCOM_RUN_DIR=str(folder),
+        PROBE_ON_REGISTER="false",
+        PROBE_TIMEOUT_SECONDS=str(timeout),
+        LOG_LEVEL="WARNING",
+    )
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def mode_for(i: int) -> str:
+    return "hang" if i % 20 == 0 else "http500" if i % 20 == 1 else "healthy"
+
+
+def start_fleet(n: int, folder: Path) -> tuple[subprocess.Popen, list[tuple[str, str]]]:
+    """Serve n endpoints from a separate process, so its CPU is not counted as the prober's."""
+    specs = [
+        {"host": str(FIRST_ADDRESS + i), "port": 11434, "mode": mode_for(i),
+         "models": ["llama3:8b", "mistral:7b", "nomic-embed-text:latest"], "loaded": ["llama3:8b"]}
+        for i in range(n)
+    ]
+    spec_file = folder / f"fleet-{n}.json"
+    spec_file.write_text(json.dumps({"endpoints": specs}))
+    control = 11900 + n % 97
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "registry.fake_ollama", "--spec", str(spec_file), "--control-port", str(control)],
+        cwd=BASE_DIR, stdout=subprocess.DEVNULL, stderr=open(folder / "fleet.log", "wb"),
+    )
+    for _ in range(600):
+        try:
+            if len(httpx.get(f"http://127.0.0.1:{control}/endpoints", timeout=1).json()) == n:
+                return proc, [(s["host"], s["mode"]) for s in specs]
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"the fake fleet did not come up; see {folder / 'fleet.log'}")
+
+
+def measure(n: int, folder: Path, timeout: float) -> dict:
+    from registry import ollama, services
+    from registry.models import Endpoint
+    from registry.tasks import run_probes
+
+    Endpoint.objects.all().delete()
+    fleet, hosts = start_fleet(n, folder)
+    try:
+        for host, _ in hosts:
+            services.register_endpoint(host, 11434)
+        modes = {host: mode for host, mode in hosts}
+
+        # 1. The whole chunk task as a worker runs it: lease, probe, record (first and steady sweep).
+        timings = []
+        for _ in range(2):
+            start = time.monotonic()
+            run_probes(None)
+            timings.append(time.monotonic() - start)
+
+        # 2. The probing alone, for CPU per probe and per-endpoint latencies.
+        targets = [ollama.ProbeTarget(e.id, e.host.name, e.port) for e in Endpoint.objects.select_related("host")]
+        healthy = [t for t in targets if modes[t.host] == "healthy"]
+        allowed = services.allowed_networks()
+        cpu = time.process_time()
+        ollama.probe_many_sync(healthy, timeout=timeout, allowed=allowed)
+        cpu_healthy = time.process_time() - cpu
+        start = time.monotonic()
+        results = ollama.probe_many_sync(targets, timeout=timeout, allowed=allowed)
+        probe_wall = time.monotonic() - start
+    finally:
+        fleet.terminate()
+        fleet.wait(timeout=10)
+    latencies = {r.id: (r.latency_ms or 0) for r in results}
+    healthy_ids = {t.id for t in healthy}
+    ok = sum(1 for r in results if r.ok)
+    return {
+        "endpoints": n,
+        "answered_healthy": ok,
+        "sweep_wall_s_first": round(timings[0], 2),
+        "sweep_wall_s_steady": round(timings[1], 2),
+        "probe_wall_s": round(probe_wall, 2),
+        "cpu_s_per_1000_healthy_probes": round(cpu_healthy / len(healthy) * 1000, 3),
+        "slowest_healthy_probe_ms": max(latencies[i] for i in healthy_ids),
+        "one_by_one_wall_s": round(sum(latencies.values()) / 1000, 1),
+        "target_wall_s": timeout + 2,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000")
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--out", default=str(BASE_DIR / "bench" / "results" / "probe_sweep.json"))
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="probe-sweep-"))
+    setup_django(folder, args.timeout)
+    rows = [measure(int(n), folder, args.timeout) for n in args.sizes.split(",")]
+    keys = list(rows[0])
+    print("  ".join(f"{k:>{max(len(k), 6)}}" for k in keys))
+    for row in rows:
+        print("  ".join(f"{row[k]!s:>{max(len(k), 6)}}" for k in keys))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"timeout_s": args.timeout, "runs": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,11 @@ processes list, add, change and remove endpoints while the fleet runs:
     PATCH  /endpoints/{host}:{port}        {mode?, delay?, period?, version?, models?, loaded?}
     DELETE /endpoints/{host}:{port}
 
-Model names are rendered exactly as given (pass "llama3:8b" to get a tag).
+Modes: healthy; slow (each reply after `delay` s); hang (accept, never answer); http500;
+invalid_json; oversized (2 MiB of valid JSON, chunked, no Content-Length); redirect (302 to
+the cloud metadata address); refused (the socket stops listening); no_ps (404 on /api/ps like
+old Ollama); flapping (healthy and http500 alternating every `period` s). Model names are
+rendered exactly as given (pass "llama3:8b" to get a tag).
 
     python -m registry.fake_ollama --count 1000 --address-base 127.0.10.1 --port 11434
     python -m registry.fake_ollama --count 20 --base-port 21000 --models llama3,mistral
@@ -44,10 +48,7 @@ from aiohttp import web
 
 logger = logging.getLogger(__name__)
 
-MODES = (
-    "healthy", "slow", "hang", "http500", "invalid_json", "oversized",
-    "redirect", "refused", "no_ps", "flapping",
-)  # fmt: skip
+MODES = ("healthy", "slow", "hang", "http500", "invalid_json", "oversized", "redirect", "refused", "no_ps", "flapping")
 DEFAULT_VERSION = "0.5.7"
 REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/"  # what an attacker would aim at
 MODIFIED_AT = "2024-11-12T09:41:27.302595621Z"
@@ -97,10 +98,16 @@ class FakeEndpoint:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "host": self.host, "port": self.port, "url": self.url, "mode": self.mode,
-            "delay": self.delay, "period": self.period, "version": self.version,
-            "models": list(self.models), "loaded": list(self.loaded),
-        }  # fmt: skip
+            "host": self.host,
+            "port": self.port,
+            "url": self.url,
+            "mode": self.mode,
+            "delay": self.delay,
+            "period": self.period,
+            "version": self.version,
+            "models": list(self.models),
+            "loaded": list(self.loaded),
+        }
 
 
 def render_model(name: str) -> dict[str, Any]:
@@ -139,9 +146,10 @@ async def _stream_oversized(request: web.BaseRequest) -> web.StreamResponse:
     response.enable_chunked_encoding()
     await response.prepare(request)
     body = _oversized_body()
-    for start in range(0, len(body), 64 * 1024):
-        await response.write(body[start : start + 64 * 1024])
-    await response.write_eof()
+    with contextlib.suppress(ConnectionResetError):  # the client is expected to hang up part way
+        for start in range(0, len(body), 64 * 1024):
+            await response.write(body[start : start + 64 * 1024])
+        await response.write_eof()
     return response
 
 
@@ -175,7 +183,11 @@ class FakeFleet:
         self._thread = threading.Thread(target=self._run, args=(ready,), name="fake-ollama", daemon=True)
         self._thread.start()
         ready.wait()
-        self._call(self._start_control())
+        try:
+            self._call(self._start_control())
+        except Exception:
+            self.stop()  # e.g. the control port is taken: do not leave the loop thread behind
+            raise
         return self
 
     def stop(self) -> None:
@@ -188,9 +200,14 @@ class FakeFleet:
         self._loop = self._thread = None
 
     def add(
-        self, host: str = "127.0.0.1", port: int = 0, models: list[str] | None = None,
-        loaded: list[str] | None = None, mode: str = "healthy", **options: Any,
-    ) -> tuple[str, int]:  # fmt: skip
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        models: list[str] | None = None,
+        loaded: list[str] | None = None,
+        mode: str = "healthy",
+        **options: Any,
+    ) -> tuple[str, int]:
         """Serve a new endpoint (port 0 picks a free one) and return its (host, port)."""
         spec = {"host": host, "port": port, "models": models or [], "loaded": loaded or [], "mode": mode}
         return self._call(self.add_async(**spec, **options))
@@ -204,7 +221,8 @@ class FakeFleet:
         self._call(self.remove_async(host, port))
 
     def endpoints(self) -> list[dict[str, Any]]:
-        return [ep.to_dict() for ep in self._endpoints.values()]
+        """List every endpoint with its host, port, url, mode, models and loaded models."""
+        return self._call(self._listing())
 
     def url(self, host: str, port: int) -> str:
         return self._endpoints[(host, port)].url
@@ -253,7 +271,11 @@ class FakeFleet:
             ep.server.close()
             ep.server = None
         elif ep.mode != "refused" and ep.server is None:
-            await self._listen(ep)
+            try:
+                await self._listen(ep)
+            except OSError:
+                ep.mode = "refused"  # someone else took the port meanwhile: stay truthful
+                raise
 
     async def remove_async(self, host: str, port: int) -> None:
         ep = self._endpoints.pop((host, port))
@@ -265,6 +287,9 @@ class FakeFleet:
             self._http = web.Server(self._handle, handler_cancellation=True, access_log=None)
         ep.server = await asyncio.get_running_loop().create_server(self._http, ep.host, ep.port, backlog=1024)
         ep.host, ep.port = ep.server.sockets[0].getsockname()[:2]
+
+    async def _listing(self) -> list[dict[str, Any]]:
+        return [ep.to_dict() for ep in self._endpoints.values()]
 
     async def _shutdown(self) -> None:
         for ep in self._endpoints.values():
@@ -281,7 +306,8 @@ class FakeFleet:
         ep = self._endpoints.get(tuple(sockname[:2])) if sockname else None
         mode = ep.current_mode() if ep else "refused"
         if mode == "refused":  # a kept-alive connection to a socket that stopped listening
-            request.transport and request.transport.close()
+            if request.transport is not None:
+                request.transport.close()
             return web.Response(status=503)
         if mode == "hang":
             await asyncio.Event().wait()  # cancelled when the client gives up
@@ -319,12 +345,11 @@ class FakeFleet:
         app.router.add_delete("/endpoints/{key}", self._delete_view)
         self._control = web.AppRunner(app, access_log=None)
         await self._control.setup()
-        site = web.TCPSite(self._control, *self._control_addr)
-        await site.start()
-        self.control_port = site._server.sockets[0].getsockname()[1]
+        await web.TCPSite(self._control, *self._control_addr).start()
+        self.control_port = self._control.addresses[0][1]
 
     async def _list_view(self, request: web.Request) -> web.Response:
-        return _json(self.endpoints())
+        return _json(await self._listing())
 
     async def _add_view(self, request: web.Request) -> web.Response:
         try:
@@ -360,16 +385,30 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "host": (str,),
+    "port": (int,),
+    "mode": (str,),
+    "version": (str,),
+    "delay": (int, float),
+    "period": (int, float),
+    "models": (list,),
+    "loaded": (list,),
+}
+
+
 def _spec(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
-    """Validate a control API body: known keys only, lists of names for models and loaded."""
+    """Validate a control API body: known keys of the right JSON types only."""
     if not isinstance(body, dict):
         raise TypeError("body must be a JSON object")
     unknown = set(body) - set(allowed)
     if unknown:
         raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
-    for key in ("models", "loaded"):
-        if key in body and not all(isinstance(name, str) for name in body[key]):
-            raise ValueError(f"{key} must be a list of model names")
+    for key, value in body.items():
+        if not isinstance(value, _FIELD_TYPES[key]) or isinstance(value, bool):
+            raise TypeError(f"{key} has the wrong type")
+        if isinstance(value, list) and not all(isinstance(name, str) for name in value):
+            raise TypeError(f"{key} must be a list of model names")
     return body
 
 

@@ -108,7 +108,9 @@ def register_endpoint(
             endpoint = Endpoint.objects.get(host=host_obj, port=spec.port)
             if source == Endpoint.Source.AUTO:
                 return endpoint, False
-            raise RegistryError("already_registered", f"{endpoint.url} is already registered.", status_code=409)
+            raise RegistryError(
+                "already_registered", f"{endpoint.url} is already registered.", status_code=409
+            ) from None
         signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
         transaction.on_commit(lambda: _probe_soon([endpoint.id]))
     return endpoint, True

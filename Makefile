@@ -1,7 +1,8 @@
 # Two commands: `make run` starts the hub, `make test` runs the whole suite.
 # Both create .venv and install the pinned requirements on first use (again only when they change).
 
-PYTHON ?= $(shell command -v python3.13 || command -v python3.12 || command -v python3.11 || command -v python3)
+# Any Python 3.11+; `make run PYTHON=python3.12` picks another interpreter.
+PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-run
@@ -10,7 +11,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 .PHONY: run test demo bench lint clean
 
 $(PY):
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 

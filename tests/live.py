@@ -35,7 +35,7 @@ class LiveStack:
     """daphne + worker + beat as subprocesses; logs kept in `folder` for failure reports."""
 
     def __init__(self, folder: Path, *, probe_interval: float = 1.0, probe_on_register: bool = True,
-                 components: tuple[str, ...] = ("daphne", "worker", "beat")):
+                 components: tuple[str, ...] = ("daphne", "worker", "beat"), **extra_env: str):
         self.folder = folder
         self.port = free_port()
         self.components = components
@@ -49,6 +49,7 @@ class LiveStack:
             PROBE_ON_REGISTER="true" if probe_on_register else "false",
             AGENTCOM_RUN_DIR=str(folder),
             PYTHONUNBUFFERED="1",
+            **extra_env,
         )
 
     @property

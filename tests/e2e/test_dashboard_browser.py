@@ -144,3 +144,25 @@ def test_page_resyncs_after_the_hub_restarts(stack, browser, operator_user):
     stack.start_component("daphne")
     sync_api.expect(page.locator("#llm-connection-state")).to_have_text("live", timeout=20_000)
     sync_api.expect(row(page, endpoint.id)).to_have_count(1, timeout=5_000)
+
+
+def test_a_host_whose_sidecar_goes_silent_shows_unknown_resources_without_a_reload(
+    tmp_path, monkeypatch, browser, operator_user
+):
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    stack = LiveStack(tmp_path, components=("daphne",), STALE_AFTER_SECONDS="3").start()
+    try:
+        endpoint, _ = services.register_endpoint("10.1.2.3")
+        token = services.create_token("sidecar", "quiet")[1]
+        report = {"hostname": "quiet", "host": "10.1.2.3", "cpu_percent": 55.0, "ram_used_bytes": GIB,
+                  "ram_total_bytes": 4 * GIB}
+        page = open_dashboard(browser, stack)
+        httpx.post(f"{stack.url}/api/v1/sidecar/report", json=report, headers={"Authorization": f"Bearer {token}"})
+        cpu = row(page, endpoint.id).locator(".resource-bar-cpu")
+        sync_api.expect(cpu).to_have_count(1, timeout=3_000)
+        sync_api.expect(row(page, endpoint.id)).to_contain_text("N/A")  # no GPU on this host
+        # No more reports: after STALE_AFTER_SECONDS the numbers give way to "unknown".
+        sync_api.expect(cpu).to_have_count(0, timeout=6_000)
+        sync_api.expect(row(page, endpoint.id)).to_contain_text("unknown")
+    finally:
+        stack.stop()

@@ -84,3 +84,15 @@ def test_creating_a_token_in_admin_shows_it_once(admin_client):
     response = admin_client.post("/admin/registry/token/add/", {"label": "gpu-07", "scope": "sidecar"}, follow=True)
     assert "shown once" in response.content.decode()
     assert Token.objects.get().label == "gpu-07"
+
+
+def test_probe_now_action_probes_the_selected_endpoints(admin_client, fake_fleet):
+    host, port = fake_fleet.add(models=["llama3:8b"])
+    endpoint, _ = services.register_endpoint(host, port)
+    response = admin_client.post(
+        "/admin/registry/endpoint/", {"action": "probe_now", "_selected_action": [endpoint.id]}, follow=True
+    )
+    assert "Probed 1 endpoint" in response.content.decode()
+    endpoint.refresh_from_db()
+    assert endpoint.status == "healthy"
+    assert [m.name for m in endpoint.models.all()] == ["llama3:8b"]

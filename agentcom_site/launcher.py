@@ -163,11 +163,11 @@ def demo() -> int:
     return run(extra=[("demo-fleet", [PY, str(BASE_DIR / "manage.py"), "demo_fleet"])])
 
 
-def with_redis(cmd: list[str]) -> int:
+def with_redis(cmd: list[str], **extra_env: str) -> int:
     """Run `cmd` with REDIS_URL pointing at a Redis that answers (found or started)."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     redis = Redis()
-    env = dict(os.environ, REDIS_URL=redis.start())
+    env = dict(os.environ, REDIS_URL=redis.start(), **extra_env)
     try:
         return subprocess.run(cmd, env=env, cwd=BASE_DIR).returncode
     finally:
@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         return demo()
     if args.command == "bench":
         return with_redis([PY, "bench/probe_sweep.py"]) or with_redis([PY, "bench/fanout.py"])
-    return with_redis([PY, "-m", "pytest", *rest])
+    # Importing this package set DJANGO_SETTINGS_MODULE to the hub's settings (celery.py);
+    # the tests use their own.
+    return with_redis([PY, "-m", "pytest", *rest], DJANGO_SETTINGS_MODULE="tests.settings")
 
 
 if __name__ == "__main__":

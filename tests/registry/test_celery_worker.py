@@ -13,7 +13,9 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def worker_and_beat(tmp_path):
-    stack = LiveStack(tmp_path, probe_interval=1.0, probe_on_register=False, components=("worker", "beat"))
+    # Chunks of one endpoint: the sweep fans out into several tasks, as it would across workers.
+    stack = LiveStack(tmp_path, probe_interval=1.0, probe_on_register=False, components=("worker", "beat"),
+                      PROBE_CHUNK_SIZE="1")
     stack.start()
     yield stack
     stack.stop()
@@ -31,6 +33,8 @@ def test_beat_scheduled_sweep_marks_endpoints_healthy_and_unhealthy(fake_fleet, 
 
     assert wait_until(lambda: status_of(good.id) == "healthy", timeout=15), worker_and_beat.log("worker")
     assert [m.name for m in Endpoint.objects.get(id=good.id).models.all()] == ["llama3:8b"]
+    # The sweep was split into one task per chunk (here one endpoint each).
+    assert "probe_endpoints" in worker_and_beat.log("worker")
     assert wait_until(lambda: status_of(bad.id) == "unhealthy", timeout=15), worker_and_beat.log("worker")
     assert Endpoint.objects.get(id=bad.id).last_error == "HTTP 500"
 

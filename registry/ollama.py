@@ -1,22 +1,10 @@
 """Probe Ollama servers: /api/version, /api/tags and /api/ps under one deadline, safely.
 
-Transport choice. CPU-seconds of the probing process per 1,000 healthy probes (3 requests
-each), 900 fake endpoints served by another process over loopback on this 2-core box, median
-(best) of 5 interleaved sweeps; the box is shared, so single figures move by +-20%:
-
-    httpx.AsyncClient over httpx_aiohttp.AiohttpTransport, one shared session   2.9 (2.2) s
-    httpx Request/Response straight into that AiohttpTransport, no AsyncClient   2.3 (1.8) s
-    one httpx.AsyncClient per target, one prebuilt SSL context shared            4.6 (4.2) s
-    Http11Connection below (the default)                                         0.87 (0.62) s
-    floor: bare asyncio streams + pydantic, no checks at all                     0.5 (0.38) s
-
-Neither httpx option meets the target (well under 1 s): AsyncClient's per-request work (URL
-merging, cookie extraction, auth and redirect hooks) is ~0.3 ms per request even with a null
-transport, and aiohttp's connector ~0.5 ms per request here. Probes need none of that, so the
-default is `Http11Connection`, a deliberately small HTTP/1.1 client (GET; Content-Length,
-chunked or until-close bodies; keep-alive across the three calls). httpx stays the API at the
-seam: `httpx_connections(t)` sends probes through any httpx transport (httpx.MockTransport in
-tests, AiohttpTransport if the CPU budget ever allows).
+Transport: by default a probe's three GETs share one kept-alive `registry.http11.Http11Connection`,
+a deliberately small HTTP/1.1 client, because httpx cost 2.6 to 5 times as much CPU (2.3-4.6 s
+instead of 0.87 s per 1,000 probes; the table and the reasons are in registry.http11's docstring).
+httpx stays the API at the seam: `httpx_connections(t)` sends probes through any httpx transport
+(httpx.MockTransport in tests). The transport names are re-exported here for existing callers.
 
 Safety: anyone holding a sidecar token can make the hub connect somewhere, so a probe only
 GETs fixed paths, never follows redirects, has no proxy support at all (environment ignored),
@@ -33,16 +21,28 @@ import asyncio
 import errno
 import ipaddress
 import logging
-import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, NamedTuple, Protocol, TypeVar
+from typing import Annotated, TypeVar
 
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+# The transport, re-exported so callers keep importing it from here.
+from registry.http11 import MAX_REPLY_BYTES as MAX_REPLY_BYTES
+from registry.http11 import USER_AGENT as USER_AGENT
+from registry.http11 import Connection as Connection
+from registry.http11 import ConnectionFactory as ConnectionFactory
+from registry.http11 import Http11Connection as Http11Connection
+from registry.http11 import HttpxConnection as HttpxConnection
+from registry.http11 import OllamaError as OllamaError
+from registry.http11 import host_header as host_header
+from registry.http11 import httpx_connections as httpx_connections
+from registry.http11 import read_capped as read_capped
+from registry.http11 import run_sweep
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
-MAX_REPLY_BYTES = 1024 * 1024
 NOT_ALLOWED = "address not allowed"
-USER_AGENT = b"agentcom-llm-registry-probe"
-
-
-class OllamaError(Exception):
-    """A probe failed; the message is a short sentence a person can act on."""
 
 
 # -- Ollama's replies ----------------------------------------------------------------------------
@@ -249,222 +243,6 @@ async def _resolve(host: str) -> list[Address]:
     return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
-# -- HTTP/1.1, just enough for probes -------------------------------------------------------------
-
-_HEAD_LIMIT = 64 * 1024  # bytes of status line + headers, and of one chunk-size line
-_READ_SIZE = 64 * 1024
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
-_BAD_HOST_CHARS = frozenset(" /?#@\\")  # with non-printables: what must not reach a Host header
-
-
-class Connection(Protocol):
-    """One probe's way to GET fixed paths from one endpoint: (status, body if status is 200)."""
-
-    async def get(self, path: str, *, last: bool = False) -> tuple[int, bytes]: ...
-
-    async def aclose(self) -> None: ...
-
-
-ConnectionFactory = Callable[[str, ProbeTarget], Connection]  # (allowed ip, target) -> Connection
-
-
-class Http11Connection:
-    """GETs over one kept-alive HTTP/1.1 connection to an IP, naming the registered Host.
-
-    No proxies, redirects, cookies, TLS or decompression; the body is capped while it streams.
-    """
-
-    def __init__(self, ip: str, target: ProbeTarget) -> None:
-        self._address = (ip, target.port)
-        self._headers = b"Host: %s\r\nAccept: application/json\r\nAccept-Encoding: identity\r\nUser-Agent: %s\r\n" % (
-            host_header(target.host, target.port),
-            USER_AGENT,
-        )
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def get(self, path: str, *, last: bool = False) -> tuple[int, bytes]:
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(*self._address, limit=_HEAD_LIMIT)
-        assert self._reader is not None
-        # On the last request the server closes first, so TIME_WAIT sockets pile up there, not here.
-        close = b"Connection: close\r\n" if last else b""
-        self._writer.write(b"GET %s HTTP/1.1\r\n%s%s\r\n" % (path.encode("ascii"), self._headers, close))
-        reusable, body = False, b""
-        try:
-            head = await _read_head(self._reader)
-            if head.status == 200:  # other replies are failures: their bodies are not worth reading
-                body = await _read_body(self._reader, head)
-                reusable = head.keep_alive and not last
-            return head.status, body
-        finally:
-            if not reusable:
-                await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-
-class HttpxConnection:
-    """The same over any httpx transport (httpx.MockTransport in tests, AiohttpTransport, ...)."""
-
-    def __init__(self, transport: httpx.AsyncBaseTransport, ip: str, target: ProbeTarget) -> None:
-        self._transport, self._ip, self._port = transport, ip, target.port
-        self._headers = [
-            (b"Host", host_header(target.host, target.port)),
-            (b"Accept", b"application/json"),
-            (b"Accept-Encoding", b"identity"),
-            (b"User-Agent", USER_AGENT),
-        ]
-
-    async def get(self, path: str, *, last: bool = False) -> tuple[int, bytes]:
-        url = httpx.URL(scheme="http", host=self._ip, port=self._port, path=path)
-        response = await self._transport.handle_async_request(httpx.Request("GET", url, headers=self._headers))
-        try:
-            body = await read_capped(_raw_body(response)) if response.status_code == 200 else b""
-        finally:
-            await response.aclose()
-        return response.status_code, body
-
-    async def aclose(self) -> None:
-        pass  # the transport belongs to the caller
-
-
-async def _raw_body(response: httpx.Response) -> AsyncIterator[bytes]:
-    # Raw bytes: never let httpx decompress what the server sends (a gzip bomb stays small here).
-    if response.is_stream_consumed:  # already read, as with httpx.MockTransport
-        yield response.content
-        return
-    async for chunk in response.aiter_raw():
-        yield chunk
-
-
-def httpx_connections(transport: httpx.AsyncBaseTransport) -> ConnectionFactory:
-    """Return a connection factory that sends every probe through `transport`."""
-    return lambda ip, target: HttpxConnection(transport, ip, target)
-
-
-def host_header(host: str, port: int) -> bytes:
-    """Return the Host header value for a registered host (brackets for IPv6, IDNA for names)."""
-    host = host.strip("[]")
-    if not host or not host.isprintable() or _BAD_HOST_CHARS.intersection(host):
-        raise OllamaError("host name is not valid")
-    if ":" in host:
-        return b"[%s]:%d" % (host.encode("ascii"), port)
-    try:
-        return b"%s:%d" % (host.encode("ascii"), port)
-    except UnicodeEncodeError:
-        return b"%s:%d" % (host.encode("idna"), port)
-
-
-async def read_capped(chunks: AsyncIterator[bytes]) -> bytes:
-    """Join a streamed body, giving up past MAX_REPLY_BYTES whatever the headers claimed."""
-    parts, total = [], 0
-    async for chunk in chunks:
-        total += len(chunk)
-        if total > MAX_REPLY_BYTES:
-            raise OllamaError("reply larger than 1 MiB")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-class _Head(NamedTuple):
-    status: int
-    keep_alive: bool
-    chunked: bool
-    length: int | None  # Content-Length; None when absent or overridden by Transfer-Encoding
-
-
-async def _read_head(reader: asyncio.StreamReader) -> _Head:
-    """Read a status line and headers, skipping interim 1xx replies."""
-    while True:
-        status_line, *lines = (await _read(reader.readuntil, b"\r\n\r\n"))[:-4].split(b"\r\n")
-        version, _, rest = status_line.partition(b" ")
-        code = rest[:3]
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or not code.isdigit() or rest[3:4] not in (b"", b" "):
-            raise OllamaError("reply is not valid HTTP")
-        status = int(code)
-        if 100 <= status < 200 and status != 101:
-            continue
-        if status == 101:
-            raise OllamaError("reply is not valid HTTP")
-        return _framing(status, version, _framing_headers(lines))
-
-
-def _framing_headers(lines: list[bytes]) -> dict[bytes, list[bytes]]:
-    """Check every header line; keep only the ones that decide framing and keep-alive."""
-    found: dict[bytes, list[bytes]] = {}
-    for line in lines:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name.strip() != name:
-            raise OllamaError("reply is not valid HTTP")
-        name = name.lower()
-        if name in (b"content-length", b"transfer-encoding", b"connection"):
-            found.setdefault(name, []).append(value.strip().lower())
-    return found
-
-
-def _framing(status: int, version: bytes, headers: dict[bytes, list[bytes]]) -> _Head:
-    """Apply RFC 9112 section 6.3: how long the body is, and whether the connection survives it."""
-    keep_alive = version == b"HTTP/1.1" and b"close" not in b",".join(headers.get(b"connection", []))
-    if encodings := headers.get(b"transfer-encoding"):
-        chunked = b",".join(encodings).rsplit(b",", 1)[-1].strip() == b"chunked"
-        return _Head(status, keep_alive and chunked and b"content-length" not in headers, chunked, None)
-    lengths = set(headers.get(b"content-length", []))
-    if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
-        raise OllamaError("reply is not valid HTTP")
-    length = int(next(iter(lengths))) if lengths else None
-    return _Head(status, keep_alive and length is not None, False, length)
-
-
-async def _read_body(reader: asyncio.StreamReader, head: _Head) -> bytes:
-    """Read a body of at most MAX_REPLY_BYTES: exactly Content-Length bytes, or chunks, or to EOF."""
-    if head.status in (204, 304):
-        return b""
-    if head.length is not None:
-        if head.length > MAX_REPLY_BYTES:
-            raise OllamaError("reply larger than 1 MiB")
-        return await _read(reader.readexactly, head.length)  # never more than it announced
-    return await read_capped(_chunks(reader) if head.chunked else _until_eof(reader))
-
-
-async def _chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    while size := await _chunk_size(reader):
-        while size > 0:  # a chunk may claim any size: pass on what arrives, so the cap counts it
-            piece = await reader.read(min(size, _READ_SIZE))
-            if not piece:
-                raise OllamaError("connection closed by the server")
-            size -= len(piece)
-            yield piece
-        if await _read(reader.readexactly, 2) != b"\r\n":
-            raise OllamaError("reply is not valid HTTP")
-    while await _read(reader.readuntil, b"\r\n") != b"\r\n":
-        pass  # trailer fields, ignored
-
-
-async def _until_eof(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    while piece := await reader.read(_READ_SIZE):
-        yield piece
-
-
-async def _chunk_size(reader: asyncio.StreamReader) -> int:
-    size = (await _read(reader.readuntil, b"\r\n"))[:-2].split(b";", 1)[0].strip()
-    if not _HEX.fullmatch(size):
-        raise OllamaError("reply is not valid HTTP")
-    return int(size, 16)
-
-
-async def _read(read: Callable[[Any], Awaitable[bytes]], arg: Any) -> bytes:
-    try:
-        return await read(arg)
-    except asyncio.LimitOverrunError:
-        raise OllamaError("reply is not valid HTTP") from None  # a header or chunk line over 64 KiB
-    except asyncio.IncompleteReadError:
-        raise OllamaError("connection closed by the server") from None
-
-
 # -- the three Ollama calls ----------------------------------------------------------------------
 
 
@@ -621,4 +399,4 @@ def probe_many_sync(
     targets: Iterable[ProbeTarget], *, timeout: float, allowed: Iterable[Network] | str, concurrency: int = 500
 ) -> list[ProbeResult]:
     """Run probe_many from synchronous code (a Celery task, a management command)."""
-    return asyncio.run(probe_many(targets, timeout=timeout, allowed=allowed, concurrency=concurrency))
+    return run_sweep(probe_many(targets, timeout=timeout, allowed=allowed, concurrency=concurrency))

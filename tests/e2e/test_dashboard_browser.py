@@ -28,11 +28,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 GIB = 1024**3
 
 
-@pytest.fixture
-def stack(tmp_path, monkeypatch):
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls the test makes
+@pytest.fixture(autouse=True)
+def _orm_beside_playwright(monkeypatch):
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make
     # between browser steps are still plain synchronous calls.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture
+def stack(tmp_path):
     live = LiveStack(tmp_path, probe_interval=1.0).start()
     yield live
     live.stop()
@@ -146,10 +150,7 @@ def test_page_resyncs_after_the_hub_restarts(stack, browser, operator_user):
     sync_api.expect(row(page, endpoint.id)).to_have_count(1, timeout=5_000)
 
 
-def test_a_host_whose_sidecar_goes_silent_shows_unknown_resources_without_a_reload(
-    tmp_path, monkeypatch, browser, operator_user
-):
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+def test_a_host_whose_sidecar_goes_silent_shows_unknown_resources_without_a_reload(tmp_path, browser, operator_user):
     stack = LiveStack(tmp_path, components=("daphne",), STALE_AFTER_SECONDS="3").start()
     try:
         endpoint, _ = services.register_endpoint("10.1.2.3")

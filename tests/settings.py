@@ -15,3 +15,6 @@ os.environ.setdefault("PROBE_TIMEOUT_SECONDS", "1")
 from agentcom_site.settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Threads the tests start (consumers' database_sync_to_async, the publisher) must not keep
+# connections open, or PostgreSQL refuses to drop the test database at the end.
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405

@@ -120,7 +120,16 @@ CHANNEL_LAYERS = {
         "CONFIG": {
             # redis-py 8 caps a pool at 100 connections and then raises; a burst of dashboards
             # connecting at once (group_add per socket) needs more.
-            "hosts": [{"address": REDIS_URL, "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000, minimum=10)}],
+            # redis-py 8 also times a read out after 5 s, exactly as long as channels-redis's
+            # blocking pop waits: idle sockets then died with TimeoutError. Read longer.
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000, minimum=10),
+                    "socket_timeout": 30,
+                    "socket_connect_timeout": 5,
+                }
+            ],
             "prefix": env_str("AGENTCOM_CHANNEL_PREFIX", "asgi"),
             "capacity": 1000,
             "expiry": 30,

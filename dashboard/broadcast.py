@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import threading
 import time
 
@@ -40,9 +41,11 @@ class Publisher:
         self.sending = threading.Lock()  # held for a whole flush, so exit waits for one in flight
         self.thread: threading.Thread | None = None
         self.last_flush = 0.0
-        # One loop for all sends: channels-redis keeps its connection pool per event loop,
-        # so a fresh loop per send (what async_to_sync does in a plain thread) reconnects each time.
-        self.loop = asyncio.new_event_loop()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def reset_after_fork(self) -> None:
+        """A forked child (Celery prefork) starts with its own state, thread and loop."""
+        self.__init__()
 
     def add(self, *, changed=(), removed=(), hosts=()) -> None:
         with self.lock:
@@ -89,8 +92,13 @@ class Publisher:
 
     def _send(self, data: dict) -> None:
         layer = get_channel_layer()
-        if layer is not None:
-            self.loop.run_until_complete(layer.group_send(GROUP, {"type": EVENT_TYPE, "data": data}))
+        if layer is None:
+            return
+        if self.loop is None:
+            # One loop for all sends: channels-redis keeps its connection pool per event loop,
+            # so a fresh loop per send (what async_to_sync does in a plain thread) reconnects.
+            self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(layer.group_send(GROUP, {"type": EVENT_TYPE, "data": data}))
 
 
 def build_event(changed: set[int], removed: set[int], hosts: set[str]) -> dict:
@@ -109,3 +117,4 @@ def build_event(changed: set[int], removed: set[int], hosts: set[str]) -> dict:
 
 publisher = Publisher()
 atexit.register(publisher.flush)
+os.register_at_fork(after_in_child=publisher.reset_after_fork)

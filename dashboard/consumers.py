@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from dashboard.broadcast import GROUP
 from registry import services
@@ -63,7 +64,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             await self.send_error("Frame is not valid JSON.")
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
@@ -109,7 +110,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def has_perm(self, perm: str) -> bool:
-        return self.user.has_perm(perm)
+        # Fresh from the database: a permission revoked (or a user deactivated) while the
+        # socket is open takes effect at once, not at the next connect.
+        user = get_user_model().objects.filter(pk=self.user.pk, is_active=True).first()
+        return user is not None and user.has_perm(perm)
 
     # --- events from the channel layer, coalesced -------------------------------------
 

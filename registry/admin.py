@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
+from django.utils import timezone
 
 from registry import services
 from registry.models import Endpoint, Host, ResourceSnapshot, Token
@@ -28,11 +29,13 @@ class EndpointForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        if not self.instance.pk:
-            try:
+        try:
+            if self.instance.pk:
+                services.parse_endpoint(self.instance.host.name, data.get("port"), data.get("name", ""))
+            else:
                 services.check_registrable(data.get("host_name", ""), data.get("port"), data.get("name", ""))
-            except services.RegistryError as exc:
-                raise ValidationError(exc.detail) from None
+        except services.RegistryError as exc:
+            raise ValidationError(exc.detail) from None
         return data
 
 
@@ -89,8 +92,10 @@ class EndpointAdmin(admin.ModelAdmin):
         from registry.tasks import run_probes
 
         ids = list(queryset.values_list("id", flat=True))
+        busy = queryset.filter(probe_claimed_until__gt=timezone.now()).count()
         changed = run_probes(ids)
-        self.message_user(request, f"Probed {len(ids)} endpoint(s); {len(changed)} changed.")
+        skipped = f"; {busy} skipped because a sweep is probing them right now" if busy else ""
+        self.message_user(request, f"Probed {len(ids) - busy} endpoint(s); {len(changed)} changed{skipped}.")
 
     @admin.action(description="Remove selected endpoints", permissions=["delete"])
     def remove_selected(self, request, queryset):
@@ -102,7 +107,15 @@ class EndpointAdmin(admin.ModelAdmin):
 class HostAdmin(admin.ModelAdmin):
     list_display = ["name", "hostname", "last_report_at", "endpoint_count"]
     search_fields = ["name", "hostname"]
-    readonly_fields = ["latest_snapshot", "last_report_at", "created_at"]
+    # Hosts are created by registrations and reports (through the services); renaming or
+    # deleting one here would bypass them, so the admin only shows hosts.
+    readonly_fields = ["name", "hostname", "latest_snapshot", "last_report_at", "created_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_endpoints=Count("endpoints"))

@@ -60,6 +60,9 @@ _NullAsEmptyStr = Annotated[str, BeforeValidator(lambda v: "" if v is None else 
 _NullAsEmptyList = BeforeValidator(lambda v: [] if v is None else v)
 
 
+_MAX_BIGINT = 2**63 - 1  # what the database stores; a larger "size" is not a real reply
+
+
 class _Reply(BaseModel):
     # Unknown fields are ignored (Ollama adds some every release); the ones we use are typed.
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -77,14 +80,14 @@ class TagsModel(_Reply):
     name: str = Field(min_length=1)
     model: _NullAsEmptyStr = ""
     modified_at: datetime | None = None
-    size: int = Field(default=0, ge=0, strict=True)  # strict: "12" or 1.5 is not a size
+    size: int = Field(default=0, ge=0, le=_MAX_BIGINT, strict=True)  # strict: "12" or 1.5 is not a size
     digest: _NullAsEmptyStr = ""
     details: ModelDetails = ModelDetails()
 
 
 class PsModel(TagsModel):
     expires_at: datetime | None = None
-    size_vram: int | None = Field(default=None, ge=0, strict=True)
+    size_vram: int | None = Field(default=None, ge=0, le=_MAX_BIGINT, strict=True)
 
 
 class VersionReply(_Reply):

@@ -30,10 +30,14 @@ def split_host(raw: str, port: int | None = None) -> tuple[str, int | None]:
             raise ValueError("host URL must start with http:// or https://")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("host must not contain a path; give only the host and port")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("host URL must not contain a user name or password")
         try:
             url_port = parts.port
         except ValueError:
             raise ValueError("port in the host URL must be a number from 1 to 65535") from None
+        if url_port == 0:
+            raise ValueError("port in the host URL must be a number from 1 to 65535")
         text = parts.hostname or ""
         if not text:
             raise ValueError("host is required")
@@ -67,6 +71,13 @@ def _validate_hostname(text: str) -> str:
     if not _HOSTNAME_RE.match(text):
         raise ValueError("host must be a host name or an IP address (letters, digits, '-', '.')")
     return text.rstrip(".").lower()
+
+
+def plain_text(value: str, field: str) -> str:
+    """Refuse control characters (NUL breaks PostgreSQL text; none belongs in a name)."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError(f"{field} must not contain control characters")
+    return value
 
 
 def host_for_url(host: str) -> str:
@@ -105,7 +116,7 @@ class EndpointIn(BaseModel):
             return ""
         if not isinstance(value, str):
             raise ValueError("name must be text")
-        return value.strip()
+        return plain_text(value.strip(), "name")
 
     @model_validator(mode="after")
     def _normalise(self) -> EndpointIn:
@@ -118,7 +129,7 @@ class EndpointIn(BaseModel):
 
 
 Percent = Annotated[float, Field(ge=0, le=100)]
-Bytes = Annotated[int, Field(ge=0)]
+Bytes = Annotated[int, Field(ge=0, le=2**63 - 1)]  # the database's BIGINT
 
 
 class GpuReport(BaseModel):
@@ -131,6 +142,11 @@ class GpuReport(BaseModel):
     memory_used_bytes: Bytes
     memory_total_bytes: Bytes
     utilization_percent: Percent | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_plain(cls, value: str) -> str:
+        return plain_text(value, "name")
 
     @model_validator(mode="after")
     def _used_within_total(self) -> GpuReport:
@@ -153,6 +169,11 @@ class SidecarReport(BaseModel):
     vram_used_bytes: Bytes | None = None
     vram_total_bytes: Bytes | None = None
     gpus: list[GpuReport] = Field(default_factory=list, max_length=64)
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_is_plain(cls, value: str) -> str:
+        return plain_text(value, "hostname")
 
     @model_validator(mode="after")
     def _consistent(self) -> SidecarReport:

@@ -119,13 +119,17 @@ def register_endpoint(
 def update_endpoint(endpoint_id: int, *, port: object = None, name: object = None) -> Endpoint:
     """Change an endpoint's port or display name."""
     endpoint = get_endpoint(endpoint_id)
-    spec = parse_endpoint(endpoint.host.name, endpoint.port if port is None else port, endpoint.name if name is None else name)
+    spec = parse_endpoint(
+        endpoint.host.name, endpoint.port if port is None else port, endpoint.name if name is None else name
+    )
     changed = {k: v for k, v in (("port", spec.port), ("name", spec.name)) if getattr(endpoint, k) != v}
     if not changed:
         return endpoint
     with transaction.atomic():
         if "port" in changed and Endpoint.objects.filter(host=endpoint.host, port=spec.port).exists():
-            raise RegistryError("already_registered", f"port {spec.port} is already registered on {endpoint.host}.", status_code=409)
+            raise RegistryError(
+                "already_registered", f"port {spec.port} is already registered on {endpoint.host}.", status_code=409
+            )
         Endpoint.objects.filter(id=endpoint.id).update(**changed)
         signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
     endpoint.refresh_from_db()
@@ -180,12 +184,16 @@ def _probe_soon(ids: list[int]) -> None:
 # --- probing ---------------------------------------------------------------------------
 
 
-def claim_for_probe(ids: Iterable[int] | None = None, *, now: datetime | None = None) -> tuple[str, list[ollama.ProbeTarget]]:
+def claim_for_probe(
+    ids: Iterable[int] | None = None, *, now: datetime | None = None
+) -> tuple[str, list[ollama.ProbeTarget]]:
     """Lease endpoints for one probe run; endpoints leased by another run are skipped."""
     now = now or timezone.now()
     claim = secrets.token_hex(8)
     until = now + timedelta(seconds=settings.PROBE_TIMEOUT_SECONDS * 2 + 5)
-    free = Endpoint.objects.filter(probe_claimed_until__isnull=True) | Endpoint.objects.filter(probe_claimed_until__lt=now)
+    free = Endpoint.objects.filter(probe_claimed_until__isnull=True) | Endpoint.objects.filter(
+        probe_claimed_until__lt=now
+    )
     if ids is not None:
         free = free.filter(id__in=list(ids))
     free.update(probe_claim=claim, probe_claimed_until=until)
@@ -212,15 +220,28 @@ def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | N
         Endpoint.objects.filter(id__in=list(by_id)).update(last_checked_at=now)
         endpoints = Endpoint.objects.filter(id__in=list(by_id)).prefetch_related("models")
         for endpoint in endpoints:
-            result = by_id[endpoint.id]
-            row_changed = _apply_probe(endpoint, result)
-            if result.ok and _sync_models(endpoint, result.models):
-                row_changed = True
-            if row_changed:
-                changed.append(endpoint.id)
+            try:
+                # A savepoint each: one endpoint's odd reply must not lose the whole batch.
+                with transaction.atomic():
+                    if _record_one(endpoint, by_id[endpoint.id]):
+                        changed.append(endpoint.id)
+            except Exception:
+                logger.exception("could not record the probe of endpoint %s", endpoint.id)
         if changed:
             signals.endpoints_changed.send(sender=Endpoint, ids=changed)
     return changed
+
+
+def _record_one(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
+    row_changed = _apply_probe(endpoint, result)
+    if result.ok and _sync_models(endpoint, result.models):
+        row_changed = True
+    return row_changed
+
+
+def _text(value: str, limit: int) -> str:
+    """Text from an Ollama reply as the database can store it (PostgreSQL refuses NUL)."""
+    return value.replace("\x00", "")[:limit]
 
 
 def _latency_moved(old: int | None, new: int | None) -> bool:
@@ -231,10 +252,12 @@ def _latency_moved(old: int | None, new: int | None) -> bool:
 
 
 def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
-    status, failures = next_status(endpoint.status, endpoint.consecutive_failures, result.ok, settings.UNHEALTHY_AFTER_FAILURES)
-    fields = {"consecutive_failures": failures, "last_error": result.error[:200]}
+    status, failures = next_status(
+        endpoint.status, endpoint.consecutive_failures, result.ok, settings.UNHEALTHY_AFTER_FAILURES
+    )
+    fields = {"consecutive_failures": failures, "last_error": _text(result.error, 200)}
     if result.ok:
-        fields["version"] = result.version[:50]
+        fields["version"] = _text(result.version, 50)
     if _latency_moved(endpoint.latency_ms, result.latency_ms):
         fields["latency_ms"] = result.latency_ms
     fields = {k: v for k, v in fields.items() if getattr(endpoint, k) != v}
@@ -258,14 +281,29 @@ def _same(field: str, old, new) -> bool:
 def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> bool:
     """Make the endpoint's model rows equal `models`; return whether anything changed."""
     current = {m.name: m for m in endpoint.models.all()}
-    wanted = {m.name[:200]: m for m in models}
-    fields = ("digest", "size", "family", "parameter_size", "quantization", "modified_at", "loaded", "size_vram", "expires_at")
+    wanted = {_text(m.name, 200): m for m in models}
+    fields = (
+        "digest",
+        "size",
+        "family",
+        "parameter_size",
+        "quantization",
+        "modified_at",
+        "loaded",
+        "size_vram",
+        "expires_at",
+    )
     to_create, to_update = [], []
     for name, info in wanted.items():
         values = {
-            "digest": info.digest[:100], "size": info.size, "family": info.family[:100],
-            "parameter_size": info.parameter_size[:50], "quantization": info.quantization[:50],
-            "modified_at": info.modified_at, "loaded": info.loaded, "size_vram": info.size_vram,
+            "digest": _text(info.digest, 100),
+            "size": info.size,
+            "family": _text(info.family, 100),
+            "parameter_size": _text(info.parameter_size, 50),
+            "quantization": _text(info.quantization, 50),
+            "modified_at": info.modified_at,
+            "loaded": info.loaded,
+            "size_vram": info.size_vram,
             "expires_at": info.expires_at,
         }
         row = current.get(name)

@@ -166,3 +166,27 @@ async def test_a_burst_of_changes_is_coalesced_into_a_few_frames_with_the_final_
     assert len(seen) == 40
     # 40 commits in well under a second -> a handful of frames (at most ~4 per second).
     assert frames <= 6
+
+
+async def test_an_idle_socket_stays_connected_and_answers(operator_ws):
+    await receive_until(operator_ws, "snapshot")
+    # Longer than the channel layer's blocking read (5 s): the socket must survive the wait.
+    await asyncio.sleep(7)
+    await operator_ws.send_json_to({"type": "request_snapshot"})
+    assert (await receive_until(operator_ws, "snapshot"))["type"] == "snapshot"
+
+
+async def test_a_deeply_nested_frame_gets_an_error_and_the_connection_stays_up(operator_ws):
+    await receive_until(operator_ws, "snapshot")
+    await operator_ws.send_to(text_data="[" * 50_000)
+    assert (await receive_until(operator_ws, "llm_endpoint_error"))["error"]
+    await operator_ws.send_json_to({"type": "request_snapshot"})
+    assert (await receive_until(operator_ws, "snapshot"))["type"] == "snapshot"
+
+
+async def test_a_permission_revoked_while_connected_takes_effect_at_once(operator, operator_ws):
+    await receive_until(operator_ws, "snapshot")
+    await sync_to_async(operator.user_permissions.clear)()
+    await operator_ws.send_json_to({"type": "register_llm_endpoint", "host": "gpu-09", "port": 11434})
+    assert "add_endpoint" in (await receive_until(operator_ws, "llm_endpoint_error"))["error"]
+    assert not await sync_to_async(Endpoint.objects.exists)()

@@ -96,3 +96,12 @@ def test_probe_now_action_probes_the_selected_endpoints(admin_client, fake_fleet
     endpoint.refresh_from_db()
     assert endpoint.status == "healthy"
     assert [m.name for m in endpoint.models.all()] == ["llama3:8b"]
+
+
+def test_editing_an_endpoint_with_a_bad_port_shows_the_error_and_changes_nothing(admin_client):
+    endpoint, _ = services.register_endpoint("gpu-01")
+    page = admin_client.post(f"/admin/registry/endpoint/{endpoint.id}/change/", {"port": "70000", "name": ""})
+    assert page.status_code == 200
+    assert "65535" in page.content.decode()
+    endpoint.refresh_from_db()
+    assert endpoint.port == 11434

@@ -165,3 +165,20 @@ def test_openapi_description_and_docs_are_served(api):
     assert "/api/v1/endpoints" in spec["paths"]
     assert "/api/v1/sidecar/report" in spec["paths"]
     assert api.get("/api/v1/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"host": "http://gpu-01:0/"}, "port"),
+        ({"host": "http://user:secret@gpu-01:11434"}, "password"),
+        ({"host": "gpu-01", "name": "x\u0000y"}, "control characters"),
+    ],
+)
+def test_urls_with_port_zero_or_credentials_and_names_with_control_characters_are_refused(
+    api, admin_token, body, words
+):
+    response = api.post(URL, body, admin_token)
+    assert response.status_code == 400
+    assert words in response.json()["detail"]
+    assert not Endpoint.objects.exists()

@@ -147,3 +147,31 @@ def test_an_endpoint_leased_by_another_run_is_not_probed_twice(db, fake_fleet):
     assert endpoint.last_checked_at is None
     services.release_claim(claim)
     assert run_probes([endpoint.id]) == [endpoint.id]
+
+
+def test_a_reply_with_an_impossible_size_is_a_failure_with_a_reason():
+    from registry.ollama import OllamaError, TagsReply, parse_reply
+
+    body = '{"models": [{"name": "huge", "size": 18446744073709551616}]}'
+    with pytest.raises(OllamaError, match="does not match"):
+        parse_reply(body, TagsReply)
+
+
+def test_one_endpoint_that_cannot_be_stored_does_not_lose_the_rest_of_the_batch(db, fake_fleet):
+    from django.utils import timezone
+
+    from registry.ollama import ModelInfo, ProbeResult
+
+    bad = register(fake_fleet, models=["llama3"])
+    good = register(fake_fleet, models=["llama3"])
+    now = timezone.now()
+
+    def result(endpoint, size):
+        model = ModelInfo("m\x00odel", "", size, "", "", "", None, False, None, None)
+        return ProbeResult(endpoint.id, True, "", 5, "0.5.7", (model,), now)
+
+    changed = services.record_probe_results([result(bad, 2**64), result(good, 10)])
+    assert changed == [good.id]
+    good.refresh_from_db()
+    assert good.status == "healthy"
+    assert [m.name for m in good.models.all()] == ["model"]  # NUL dropped, as PostgreSQL needs

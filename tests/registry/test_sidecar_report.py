@@ -79,6 +79,9 @@ def test_token_use_is_recorded(api, sidecar_token):
         ({"ollama_url": "http://gpu 01:11434"}, "host"),
         ({"ollama_url": "http://8.8.8.8:11434"}, "REGISTRY_ALLOWED_NETWORKS"),
         ({"gpus": [{"index": 0, "memory_used_bytes": 9, "memory_total_bytes": 1}]}, "memory_used_bytes"),
+        ({"ram_used_bytes": 2**64, "ram_total_bytes": 2**64}, "ram_used_bytes"),
+        ({"hostname": "gpu\u0000x"}, "control characters"),
+        ({"gpus": [{"index": 0, "name": "A\u0000", "memory_used_bytes": 1, "memory_total_bytes": 2}]}, "control"),
     ],
 )
 def test_bad_report_gets_a_clear_error_and_changes_nothing(api, sidecar_token, overrides, field):

@@ -38,6 +38,7 @@ class Publisher:
         self.changed: set[int] = set()
         self.removed: set[int] = set()
         self.hosts: set[str] = set()
+        self.checked: dict[int, str] = {}  # endpoint id -> when it was last probed
         self.sending = threading.Lock()  # held for a whole flush, so exit waits for one in flight
         self.thread: threading.Thread | None = None
         self.last_flush = 0.0
@@ -47,26 +48,28 @@ class Publisher:
         """A forked child (Celery prefork) starts with its own state, thread and loop."""
         self.__init__()
 
-    def add(self, *, changed=(), removed=(), hosts=()) -> None:
+    def add(self, *, changed=(), removed=(), hosts=(), checked=None) -> None:
         with self.lock:
             self.changed.update(changed)
             self.removed.update(removed)
             self.hosts.update(hosts)
+            self.checked.update(checked or {})
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="registry-publisher", daemon=True)
                 self.thread.start()
             self.wake.notify()
 
-    def _take(self) -> tuple[set[int], set[int], set[str]]:
-        batch = (self.changed - self.removed, self.removed, self.hosts)
-        self.changed, self.removed, self.hosts = set(), set(), set()
+    def _take(self) -> tuple[set[int], set[int], set[str], dict[int, str]]:
+        checked = {i: at for i, at in self.checked.items() if i not in self.removed}
+        batch = (self.changed - self.removed, self.removed, self.hosts, checked)
+        self.changed, self.removed, self.hosts, self.checked = set(), set(), set(), {}
         return batch
 
     def _run(self) -> None:
         interval = 1.0 / settings.PUBLISH_MAX_EVENTS_PER_SECOND
         while True:
             with self.lock:
-                while not (self.changed or self.removed or self.hosts):
+                while not (self.changed or self.removed or self.hosts or self.checked):
                     self.wake.wait()
             # Leading edge: an isolated change goes out at once; a burst waits out the interval.
             time.sleep(max(0.0, self.last_flush + interval - time.monotonic()))
@@ -76,19 +79,18 @@ class Publisher:
         """Publish everything pending now (also called at exit)."""
         with self.sending:
             with self.lock:
-                changed, removed, hosts = self._take()
-            if not (changed or removed or hosts):
+                changed, removed, hosts, checked = self._take()
+            if not (changed or removed or hosts or checked):
                 return
             self.last_flush = time.monotonic()
             try:
-                self._send(build_event(changed, removed, hosts))
+                self._send(build_event(changed, removed, hosts, checked))
             except Exception:  # a database or Redis hiccup must not kill the publisher thread
                 logger.warning("could not publish a registry event", exc_info=True)
             finally:
                 # This thread's own connection; closing it keeps no idle connection (or test
                 # database) held open between bursts.
                 connection.close()
-
 
     def _send(self, data: dict) -> None:
         layer = get_channel_layer()
@@ -101,9 +103,11 @@ class Publisher:
         self.loop.run_until_complete(layer.group_send(GROUP, {"type": EVENT_TYPE, "data": data}))
 
 
-def build_event(changed: set[int], removed: set[int], hosts: set[str]) -> dict:
-    """The event payload: full rows for changed endpoints, removed ids, hosts' resources."""
-    data: dict = {}
+def build_event(changed: set[int], removed: set[int], hosts: set[str], checked: dict[int, str]) -> dict:
+    """The event payload: full rows for changed endpoints, removed ids, hosts' resources,
+    and when unchanged endpoints were last probed (so "Last Checked" stays true)."""
+    # String keys: the channel layer's msgpack refuses integer map keys.
+    data: dict = {"checked": {str(i): at for i, at in checked.items()}} if checked else {}
     if changed or removed:
         rows = services.endpoint_rows(changed) if changed else []
         gone = changed - {row["id"] for row in rows}
@@ -111,8 +115,6 @@ def build_event(changed: set[int], removed: set[int], hosts: set[str]) -> dict:
     if hosts:
         data["resources"] = services.host_resources(hosts)
     return data
-
-
 
 
 publisher = Publisher()

@@ -29,6 +29,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             return
         self.user = user
         self.pending: dict | None = None
+        self.removed_ids: set[int] = set()  # a late row for one of these must not resurrect it
         self.last_flush = 0.0
         self.flush_handle: asyncio.TimerHandle | None = None
         await self.channel_layer.group_add(GROUP, self.channel_name)
@@ -93,12 +94,16 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if not await self.has_perm("registry.add_endpoint"):
             await self.send_error("You may watch the registry but not add endpoints (needs registry.add_endpoint).")
             return
-        endpoint = await database_sync_to_async(self._register)(frame.get("host"), frame.get("port"), frame.get("name", ""))
+        endpoint = await database_sync_to_async(self._register)(
+            frame.get("host"), frame.get("port"), frame.get("name", "")
+        )
         await self.send_json({"type": "llm_endpoint_registered", "endpoint": endpoint})
 
     async def on_remove(self, frame: dict) -> None:
         if not await self.has_perm("registry.delete_endpoint"):
-            await self.send_error("You may watch the registry but not remove endpoints (needs registry.delete_endpoint).")
+            await self.send_error(
+                "You may watch the registry but not remove endpoints (needs registry.delete_endpoint)."
+            )
             return
         removed = await database_sync_to_async(services.remove_endpoint)(frame.get("id"))
         await self.send_json({"type": "llm_endpoint_removed", "id": removed})
@@ -129,13 +134,26 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     def merge(self, data: dict) -> None:
         pending = self.pending
         if pending is None:
-            pending = self.pending = {"endpoints": {}, "removed": set(), "resources": {}, "fleet_models": None}
-        for row in data.get("endpoints", ()):
-            pending["endpoints"][row["id"]] = row
-            pending["removed"].discard(row["id"])
+            pending = self.pending = {
+                "endpoints": {},
+                "removed": set(),
+                "resources": {},
+                "fleet_models": None,
+                "checked": {},
+            }
         for endpoint_id in data.get("removed", ()):
             pending["endpoints"].pop(endpoint_id, None)
+            pending["checked"].pop(str(endpoint_id), None)
             pending["removed"].add(endpoint_id)
+            self.removed_ids.add(endpoint_id)
+        for row in data.get("endpoints", ()):
+            held = pending["endpoints"].get(row["id"])
+            # Events from several processes may cross: keep the newer version of a row.
+            if row["id"] not in self.removed_ids and (held is None or row["revision"] >= held["revision"]):
+                pending["endpoints"][row["id"]] = row
+        for key, at in data.get("checked", {}).items():
+            if int(key) not in self.removed_ids:
+                pending["checked"][key] = at
         pending["resources"].update(data.get("resources", {}))
         if data.get("fleet_models") is not None:
             pending["fleet_models"] = data["fleet_models"]
@@ -155,6 +173,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         }
         if pending["fleet_models"] is not None:
             frame["fleet_models"] = pending["fleet_models"]
+        if pending["checked"]:
+            frame["checked"] = pending["checked"]
         try:
             await self.send_json(frame)
         except Exception:  # the socket closed between scheduling and sending

@@ -15,6 +15,12 @@ def _on_endpoints_changed(sender, ids, **kwargs):
     transaction.on_commit(lambda: publisher.add(changed=ids))
 
 
+@receiver(signals.endpoints_checked)
+def _on_endpoints_checked(sender, ids, at, **kwargs):
+    checked = dict.fromkeys(ids, at.isoformat())
+    transaction.on_commit(lambda: publisher.add(checked=checked))
+
+
 @receiver(signals.endpoints_removed)
 def _on_endpoints_removed(sender, ids, **kwargs):
     ids = list(ids)

@@ -24,14 +24,14 @@ class EndpointForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
-            self.fields["host_name"].initial = self.instance.host.name
+            self.fields["host_name"].initial = self.instance.address
             self.fields["host_name"].disabled = True
 
     def clean(self):
         data = super().clean()
         try:
             if self.instance.pk:
-                services.parse_endpoint(self.instance.host.name, data.get("port"), data.get("name", ""))
+                services.parse_endpoint(self.instance.address, data.get("port"), data.get("name", ""))
             else:
                 services.check_registrable(data.get("host_name", ""), data.get("port"), data.get("name", ""))
         except services.RegistryError as exc:
@@ -42,12 +42,18 @@ class EndpointForm(forms.ModelForm):
 @admin.register(Endpoint)
 class EndpointAdmin(admin.ModelAdmin):
     form = EndpointForm
-    list_display = ["status", "host_name", "port", "name", "model_count", "source", "last_checked_at"]
+    list_display = ["status", "address", "port", "name", "model_count", "source", "machine", "last_checked_at"]
     list_filter = ["status", "source"]
-    search_fields = ["host__name", "name"]
+    search_fields = ["address", "host__name", "name"]
     readonly_fields = [
-        "source", "status", "consecutive_failures", "last_checked_at", "last_error",
-        "latency_ms", "version", "registered_at",
+        "source",
+        "status",
+        "consecutive_failures",
+        "last_checked_at",
+        "last_error",
+        "latency_ms",
+        "version",
+        "registered_at",
     ]
     actions = ["probe_now", "remove_selected"]
 
@@ -59,8 +65,8 @@ class EndpointAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)  # replaced by remove_selected, which uses services
         return actions
 
-    @admin.display(description="host", ordering="host__name")
-    def host_name(self, obj: Endpoint) -> str:
+    @admin.display(description="machine", ordering="host__name")
+    def machine(self, obj: Endpoint) -> str:
         return obj.host.name
 
     @admin.display(description="models", ordering="_models")

@@ -85,7 +85,9 @@ def _validation_error(request, exc: ValidationError):
 
 @api.exception_handler(AuthenticationError)
 def _auth_error(request, exc: AuthenticationError):
-    detail = exc.message if exc.message != "Unauthorized" else "log in as staff or send 'Authorization: Bearer <token>'."
+    detail = (
+        exc.message if exc.message != "Unauthorized" else "log in as staff or send 'Authorization: Bearer <token>'."
+    )
     return _error(request, "unauthorized", detail, 401)
 
 
@@ -111,6 +113,7 @@ def _require_perm(request: HttpRequest, perm: str) -> None:
 class EndpointOut(Schema):
     id: int
     host: str
+    address: str
     port: int
     name: str
     url: str
@@ -122,6 +125,7 @@ class EndpointOut(Schema):
     version: str
     last_checked_at: str | None
     registered_at: str | None
+    revision: int
     models: list[dict]
 
 
@@ -167,7 +171,9 @@ def delete_endpoint(request, endpoint_id: int):
     return Status(204, None)
 
 
-@api.get("/snapshot", auth=[TokenAuth(Token.Scope.ADMIN), UserSession()], response={200: dict, **ERRORS}, tags=["fleet"])
+@api.get(
+    "/snapshot", auth=[TokenAuth(Token.Scope.ADMIN), UserSession()], response={200: dict, **ERRORS}, tags=["fleet"]
+)
 def snapshot(request):
     """The whole registry: endpoints, latest resources per host, fleet model summary."""
     return services.build_snapshot()

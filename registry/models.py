@@ -40,7 +40,11 @@ class Endpoint(models.Model):
         HEALTHY = "healthy", "healthy"
         UNHEALTHY = "unhealthy", "unhealthy"
 
+    # The machine (resources attach there) and the address the hub connects to: the same
+    # text for a manual registration, but a sidecar may name its machine "gpu-01" while
+    # advertising its Ollama at 10.0.0.2.
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="endpoints")
+    address = models.CharField("host", max_length=253, help_text="Host name or IP address the hub connects to.")
     port = models.PositiveIntegerField(default=11434)
     name = models.CharField(max_length=100, blank=True)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.MANUAL)
@@ -51,14 +55,17 @@ class Endpoint(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     version = models.CharField(max_length=50, blank=True)
     registered_at = models.DateTimeField(default=timezone.now)
+    # Bumped with every visible change, so that a reader holding two versions of a row
+    # (events from several processes can cross) keeps the newer one.
+    revision = models.PositiveBigIntegerField(default=0, editable=False)
     # A probe lease: a sweep claims endpoints by writing its token here, so two sweeps never
     # probe the same endpoint at once; the lease lapses by itself if a worker dies.
     probe_claim = models.CharField(max_length=32, blank=True, editable=False)
     probe_claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
-        ordering = ["host__name", "port"]
-        constraints = [models.UniqueConstraint(fields=["host", "port"], name="endpoint_unique_host_port")]
+        ordering = ["address", "port"]
+        constraints = [models.UniqueConstraint(fields=["address", "port"], name="endpoint_unique_address_port")]
         indexes = [models.Index(fields=["status"]), models.Index(fields=["probe_claimed_until"])]
 
     def __str__(self) -> str:
@@ -66,7 +73,7 @@ class Endpoint(models.Model):
 
     @property
     def url(self) -> str:
-        return f"http://{host_for_url(self.host.name)}:{self.port}"
+        return f"http://{host_for_url(self.address)}:{self.port}"
 
 
 class EndpointModel(models.Model):

@@ -19,6 +19,7 @@ def endpoint_row(endpoint: Endpoint) -> dict:
     return {
         "id": endpoint.id,
         "host": endpoint.host.name,
+        "address": endpoint.address,
         "port": endpoint.port,
         "name": endpoint.name,
         "url": endpoint.url,
@@ -30,6 +31,7 @@ def endpoint_row(endpoint: Endpoint) -> dict:
         "version": endpoint.version,
         "last_checked_at": _iso(endpoint.last_checked_at),
         "registered_at": _iso(endpoint.registered_at),
+        "revision": endpoint.revision,
         "models": [
             {
                 "name": m.name,

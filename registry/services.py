@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 from pydantic import ValidationError
 
@@ -79,7 +80,7 @@ def check_registrable(host: object, port: object = None, name: object = "", *, s
             f"{spec.host} is outside REGISTRY_ALLOWED_NETWORKS ({refusal}); the hub will not probe it.",
         )
     if source == Endpoint.Source.MANUAL:
-        existing = Endpoint.objects.filter(host__name=spec.host, port=spec.port).first()
+        existing = Endpoint.objects.filter(address=spec.host, port=spec.port).first()
         if existing is not None:
             raise RegistryError(
                 "already_registered",
@@ -90,47 +91,60 @@ def check_registrable(host: object, port: object = None, name: object = "", *, s
 
 
 def register_endpoint(
-    host: object, port: object = None, name: object = "", *, source: str = Endpoint.Source.MANUAL
+    host: object,
+    port: object = None,
+    name: object = "",
+    *,
+    source: str = Endpoint.Source.MANUAL,
+    machine: str | None = None,
 ) -> tuple[Endpoint, bool]:
-    """Register host:port; return (endpoint, created). Manual duplicates are refused."""
+    """Register the Ollama at host:port; return (endpoint, created). Manual duplicates are refused.
+
+    `machine` names the Host it runs on (from a sidecar's report); by default the address.
+    """
     spec = check_registrable(host, port, name, source=source)
     with transaction.atomic():
-        host_obj, _ = Host.objects.get_or_create(name=spec.host)
-        existing = Endpoint.objects.filter(host=host_obj, port=spec.port).first()
-        if existing is not None:
-            if source == Endpoint.Source.AUTO:
-                return existing, False
+        host_obj, _ = Host.objects.get_or_create(name=machine or spec.host)
+        existing = Endpoint.objects.filter(address=spec.host, port=spec.port).first()
+        if existing is None:
+            try:
+                with transaction.atomic():
+                    endpoint = Endpoint.objects.create(
+                        host=host_obj, address=spec.host, port=spec.port, name=spec.name, source=source
+                    )
+            except IntegrityError:  # a concurrent registration won the race
+                existing = Endpoint.objects.get(address=spec.host, port=spec.port)
+            else:
+                signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
+                transaction.on_commit(lambda: _probe_soon([endpoint.id]))
+                return endpoint, True
+        if source == Endpoint.Source.MANUAL:
             raise RegistryError("already_registered", f"{existing.url} is already registered.", status_code=409)
-        try:
-            with transaction.atomic():
-                endpoint = Endpoint.objects.create(host=host_obj, port=spec.port, name=spec.name, source=source)
-        except IntegrityError:  # a concurrent registration won the race
-            endpoint = Endpoint.objects.get(host=host_obj, port=spec.port)
-            if source == Endpoint.Source.AUTO:
-                return endpoint, False
-            raise RegistryError(
-                "already_registered", f"{endpoint.url} is already registered.", status_code=409
-            ) from None
-        signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
-        transaction.on_commit(lambda: _probe_soon([endpoint.id]))
-    return endpoint, True
+        if existing.host_id != host_obj.id:
+            # The sidecar on the machine says which machine this Ollama runs on.
+            Endpoint.objects.filter(id=existing.id).update(host=host_obj, revision=F("revision") + 1)
+            signals.endpoints_changed.send(sender=Endpoint, ids=[existing.id])
+            existing.refresh_from_db()
+    return existing, False
 
 
 def update_endpoint(endpoint_id: int, *, port: object = None, name: object = None) -> Endpoint:
     """Change an endpoint's port or display name."""
     endpoint = get_endpoint(endpoint_id)
     spec = parse_endpoint(
-        endpoint.host.name, endpoint.port if port is None else port, endpoint.name if name is None else name
+        endpoint.address, endpoint.port if port is None else port, endpoint.name if name is None else name
     )
     changed = {k: v for k, v in (("port", spec.port), ("name", spec.name)) if getattr(endpoint, k) != v}
     if not changed:
         return endpoint
     with transaction.atomic():
-        if "port" in changed and Endpoint.objects.filter(host=endpoint.host, port=spec.port).exists():
+        if "port" in changed and Endpoint.objects.filter(address=endpoint.address, port=spec.port).exists():
             raise RegistryError(
-                "already_registered", f"port {spec.port} is already registered on {endpoint.host}.", status_code=409
+                "already_registered",
+                f"port {spec.port} is already registered on {endpoint.address}.",
+                status_code=409,
             )
-        Endpoint.objects.filter(id=endpoint.id).update(**changed)
+        Endpoint.objects.filter(id=endpoint.id).update(**changed, revision=F("revision") + 1)
         signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
     endpoint.refresh_from_db()
     return endpoint
@@ -197,7 +211,7 @@ def claim_for_probe(
     if ids is not None:
         free = free.filter(id__in=list(ids))
     free.update(probe_claim=claim, probe_claimed_until=until)
-    rows = Endpoint.objects.filter(probe_claim=claim).values_list("id", "host__name", "port")
+    rows = Endpoint.objects.filter(probe_claim=claim).values_list("id", "address", "port")
     return claim, [ollama.ProbeTarget(id=i, host=h, port=p) for i, h, p in rows]
 
 
@@ -229,14 +243,17 @@ def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | N
                 logger.exception("could not record the probe of endpoint %s", endpoint.id)
         if changed:
             signals.endpoints_changed.send(sender=Endpoint, ids=changed)
+        signals.endpoints_checked.send(sender=Endpoint, ids=list(by_id), at=now)
     return changed
 
 
 def _record_one(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
-    row_changed = _apply_probe(endpoint, result)
+    visible = _apply_probe(endpoint, result)  # bumps the revision itself when visible
     if result.ok and _sync_models(endpoint, result.models):
-        row_changed = True
-    return row_changed
+        if not visible:
+            Endpoint.objects.filter(id=endpoint.id).update(revision=F("revision") + 1)
+        visible = True
+    return visible
 
 
 def _text(value: str, limit: int) -> str:
@@ -262,12 +279,13 @@ def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
         fields["latency_ms"] = result.latency_ms
     fields = {k: v for k, v in fields.items() if getattr(endpoint, k) != v}
     visible = status != endpoint.status or bool(set(fields) - {"consecutive_failures", "latency_ms"})
+    bump = {"revision": F("revision") + 1} if visible else {}
     if status != endpoint.status:
         # Compare-and-set: only the run that sees the old status reports the transition.
-        won = Endpoint.objects.filter(id=endpoint.id, status=endpoint.status).update(status=status, **fields)
+        won = Endpoint.objects.filter(id=endpoint.id, status=endpoint.status).update(status=status, **fields, **bump)
         return bool(won)
     if fields:
-        Endpoint.objects.filter(id=endpoint.id).update(**fields)
+        Endpoint.objects.filter(id=endpoint.id).update(**fields, **bump)
     return visible
 
 
@@ -340,7 +358,7 @@ def record_report(report: SidecarReport, *, now: datetime | None = None) -> tupl
     with transaction.atomic():
         target = report.ollama_host_port()
         if target is not None:
-            endpoint, _ = register_endpoint(target[0], target[1], source=Endpoint.Source.AUTO)
+            endpoint, _ = register_endpoint(target[0], target[1], source=Endpoint.Source.AUTO, machine=report.host)
         host, _ = Host.objects.get_or_create(name=report.host)
         snapshot = ResourceSnapshot.objects.create(
             host=host,

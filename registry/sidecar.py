@@ -517,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A loopback address means something to the hub only when the hub runs on this machine too.
     if args.advertise_url and is_local_name(split_host(args.advertise_url)[0]):
         if not is_local_name(split_host(args.hub)[0]):
-            parser.error(f"--advertise-url {args.advertise_url} names this machine only; give a name or address the hub can reach")
+            parser.error(
+                f"--advertise-url {args.advertise_url} names this machine only; give a name or address the hub can reach"
+            )
     try:
         args.token = read_token(args.token_file, os.environ)
     except OSError as exc:

@@ -12,5 +12,7 @@ from django.dispatch import Signal
 endpoints_changed = Signal()
 # ids: list[int] of endpoints that were removed.
 endpoints_removed = Signal()
+# ids: list[int] probed at `at` (a datetime), changed or not: only "last checked" moved.
+endpoints_checked = Signal()
 # hosts: list[str] of host names whose latest resources changed.
 resources_changed = Signal()

@@ -190,3 +190,31 @@ async def test_a_permission_revoked_while_connected_takes_effect_at_once(operato
     await operator_ws.send_json_to({"type": "register_llm_endpoint", "host": "gpu-09", "port": 11434})
     assert "add_endpoint" in (await receive_until(operator_ws, "llm_endpoint_error"))["error"]
     assert not await sync_to_async(Endpoint.objects.exists)()
+
+
+async def test_an_unchanged_probe_still_moves_last_checked_on_open_dashboards(operator_ws):
+    from django.utils import timezone
+
+    from registry.ollama import ProbeResult
+
+    await receive_until(operator_ws, "snapshot")
+    endpoint, _ = await sync_to_async(services.register_endpoint)("gpu-07")
+    await receive_until(operator_ws, "llm_registry_update")
+    now = timezone.now()
+    failed = ProbeResult(endpoint.id, False, "connection refused", 3, "", (), now)
+    await sync_to_async(services.record_probe_results)([failed], now=now)  # failure 1: status unchanged
+    update = await receive_until(operator_ws, "llm_registry_update")
+    assert update["checked"] == {str(endpoint.id): now.isoformat()}
+
+
+def test_a_late_older_row_or_a_row_for_a_removed_endpoint_is_not_shown():
+    from dashboard.consumers import DashboardConsumer
+
+    consumer = DashboardConsumer()
+    consumer.pending, consumer.removed_ids = None, set()
+    consumer.merge({"endpoints": [{"id": 1, "revision": 5, "status": "unhealthy"}]})
+    consumer.merge({"endpoints": [{"id": 1, "revision": 4, "status": "healthy"}]})  # read earlier, arrived later
+    assert consumer.pending["endpoints"][1]["status"] == "unhealthy"
+    consumer.merge({"removed": [2]})
+    consumer.merge({"endpoints": [{"id": 2, "revision": 9}]})
+    assert 2 not in consumer.pending["endpoints"] and consumer.pending["removed"] == {2}

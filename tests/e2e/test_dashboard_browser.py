@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -105,6 +106,10 @@ def test_operator_adds_watches_and_removes_an_endpoint_live_in_two_pages(stack, 
         expect(row(page, endpoint_id).locator("img")).to_have_count(0)
         expect(page.locator(".llm-fleet-chip").first).to_have_text("<img src=x onerror=alert(1)> (1 host)")
     expect(row(first, endpoint_id).locator(".llm-model-loaded")).to_have_count(1)
+
+    # Unchanged probes every second keep "Last Checked" fresh (it never drifts to "12s ago").
+    first.wait_for_timeout(4_000)
+    expect(row(first, endpoint_id).locator(".llm-checked")).to_have_text(re.compile(r"^[0-2]s ago$"))
 
     # A sidecar report (over the REST API, as a sidecar sends it) shows resources with no reload.
     token = services.create_token("sidecar", "e2e")[1]

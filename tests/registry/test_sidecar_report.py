@@ -105,3 +105,19 @@ def test_report_that_is_not_json_is_400(api, sidecar_token):
     response = api.post(URL, "not json at all", sidecar_token, raw=True)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_json"
+
+
+def test_a_sidecar_naming_its_machine_gets_its_endpoint_and_resources_on_one_row(api, sidecar_token, admin_token):
+    api.post(URL, report(host="gpu-01", ollama_url="http://10.0.0.2:11434"), sidecar_token)
+    snapshot = api.get("/api/v1/snapshot", admin_token).json()
+    row = snapshot["endpoints"][0]
+    assert (row["host"], row["address"], row["url"]) == ("gpu-01", "10.0.0.2", "http://10.0.0.2:11434")
+    assert snapshot["resources"][row["host"]]["cpu_percent"] == 41.5
+
+
+def test_a_manual_endpoint_reported_by_its_sidecar_moves_to_the_named_machine(api, sidecar_token, admin_token):
+    created = api.post("/api/v1/endpoints", {"host": "10.0.0.3"}, admin_token).json()
+    api.post(URL, report(host="gpu-03", ollama_url="http://10.0.0.3:11434"), sidecar_token)
+    row = api.get(f"/api/v1/endpoints/{created['id']}", admin_token).json()
+    assert (row["host"], row["source"]) == ("gpu-03", "manual")
+    assert row["revision"] > created["revision"]

@@ -15,7 +15,7 @@ from registry.schemas import SidecarReport
 
 def make_fleet(n: int) -> None:
     hosts = Host.objects.bulk_create([Host(name=f"gpu-{i:04d}") for i in range(n)])
-    endpoints = Endpoint.objects.bulk_create([Endpoint(host=h, port=11434) for h in hosts])
+    endpoints = Endpoint.objects.bulk_create([Endpoint(host=h, address=h.name, port=11434) for h in hosts])
     EndpointModel.objects.bulk_create(
         [EndpointModel(endpoint=e, name=name) for e in endpoints for name in ("llama3", f"m{e.id % 3}")]
     )
@@ -35,7 +35,7 @@ def test_snapshot_query_count_is_the_same_for_5_and_200_endpoints(db):
     small, snap5 = queries_for_snapshot()
     make_fleet_more = 195
     hosts = Host.objects.bulk_create([Host(name=f"more-{i:04d}") for i in range(make_fleet_more)])
-    Endpoint.objects.bulk_create([Endpoint(host=h, port=11434) for h in hosts])
+    Endpoint.objects.bulk_create([Endpoint(host=h, address=h.name, port=11434) for h in hosts])
     large, snap200 = queries_for_snapshot()
     assert len(snap5["endpoints"]) == 5 and len(snap200["endpoints"]) == 200
     assert small == large <= 4
@@ -44,7 +44,7 @@ def test_snapshot_query_count_is_the_same_for_5_and_200_endpoints(db):
 def test_fleet_summary_counts_distinct_hosts_per_model(db):
     make_fleet(3)
     host = Host.objects.first()
-    Endpoint.objects.create(host=host, port=11500).models.create(name="llama3")  # same host, second port
+    Endpoint.objects.create(host=host, address=host.name, port=11500).models.create(name="llama3")  # same host, second port
     fleet = services.build_snapshot()["fleet_models"]
     assert fleet["llama3"] == 3
     assert list(fleet)[0] == "llama3"  # most widespread first

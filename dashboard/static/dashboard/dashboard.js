@@ -39,6 +39,7 @@
     canAdd: section.dataset.canAdd === "true",
     canDelete: section.dataset.canDelete === "true",
     entries: new Map(), // endpoint id -> {row, sig, tr, resKey}
+    removed: new Set(), // ids removed: a late row for one of them must not bring it back
     resources: new Map(), // key from the wire -> RES
     resByHost: new Map(), // RES.host / key -> RES (lookup index)
     fleetModels: {},
@@ -236,6 +237,8 @@
     const host = el("div", row.name ? "llm-host llm-host-secondary" : "llm-host", row.host);
     if (row.url) host.setAttribute("title", row.url);
     nodes.push(host);
+    // A sidecar may name its machine apart from the address its Ollama answers at.
+    if (row.address && row.address !== row.host) nodes.push(el("div", "llm-host llm-host-secondary", row.address));
     if (row.status === "unhealthy" && row.last_error) {
       nodes.push(el("div", "llm-last-error", row.last_error));
     } else if (row.status === "healthy") {
@@ -310,10 +313,12 @@
   }
 
   function upsertRow(row) {
-    if (!row || row.id === undefined || row.id === null) return;
+    if (!row || row.id === undefined || row.id === null || state.removed.has(row.id)) return;
     const sig = JSON.stringify(row);
     const old = state.entries.get(row.id);
     if (old && old.sig === sig) return;
+    // Updates from several hub processes may cross; a row older than the one shown is stale.
+    if (old && (row.revision ?? 0) < (old.row.revision ?? 0)) return;
     const entry = { row, sig, tr: buildRow(row), resKey: null };
     updateResources(entry);
     if (old) old.tr.replaceWith(entry.tr);
@@ -321,6 +326,7 @@
   }
 
   function removeRow(id) {
+    state.removed.add(id);
     const entry = state.entries.get(id);
     if (!entry) return;
     entry.tr.remove();
@@ -359,6 +365,7 @@
     applyResources(msg.resources, true);
     const keep = new Set((msg.endpoints || []).map((r) => r.id));
     [...state.entries.keys()].filter((id) => !keep.has(id)).forEach(removeRow);
+    keep.forEach((id) => state.removed.delete(id)); // the snapshot is the truth
     (msg.endpoints || []).forEach(upsertRow);
     state.fleetModels = msg.fleet_models || {};
     renderFleet();
@@ -371,6 +378,14 @@
     if (msg.resources) applyResources(msg.resources, false);
     (msg.removed || []).forEach(removeRow);
     (msg.endpoints || []).forEach(upsertRow);
+    // Probed, unchanged endpoints: only their "Last Checked" moves (the tick re-renders it).
+    for (const [id, at] of Object.entries(msg.checked || {})) {
+      const entry = state.entries.get(Number(id));
+      if (!entry) continue;
+      entry.row.last_checked_at = at;
+      const span = entry.tr.querySelector(".llm-checked");
+      if (span) span.setAttribute("title", new Date(parseTime(at)).toLocaleString());
+    }
     if (msg.fleet_models) {
       state.fleetModels = msg.fleet_models;
       renderFleet();

@@ -42,8 +42,15 @@ class DemoHost:
 
 FLEET = [
     DemoHost("gpu-a100-1", ["llama3:8b", "mistral:7b", "nomic-embed-text:latest"], ["llama3:8b"], vram_gib=80),
-    DemoHost("gpu-a100-2", ["llama3:70b", "qwen2.5:14b"], ["llama3:70b", "qwen2.5:14b"], ram_gib=256, vram_gib=160,
-             cpu=70, vram_used=0.85),
+    DemoHost(
+        "gpu-a100-2",
+        ["llama3:70b", "qwen2.5:14b"],
+        ["llama3:70b", "qwen2.5:14b"],
+        ram_gib=256,
+        vram_gib=160,
+        cpu=70,
+        vram_used=0.85,
+    ),
     DemoHost("gpu-4090-1", ["llama3:8b", "phi3:3.8b"], ["phi3:3.8b"], mode="flapping", options={"period": 20.0}),
     DemoHost("gpu-4090-2", ["llama3:8b", "codellama:13b"], mode="slow", options={"delay": 0.4}),
     DemoHost("cpu-box-1", ["llama3:8b", "tinyllama:1.1b"], ["tinyllama:1.1b"], vram_gib=None, ram_gib=32),
@@ -133,8 +140,15 @@ class Command(BaseCommand):
             if host.vram_gib:
                 vram_total = host.vram_gib * GIB
                 body.update(vram_used_bytes=int(vram_total * host.vram_used), vram_total_bytes=vram_total)
-                body["gpus"] = [{"index": 0, "name": "Simulated GPU", "memory_used_bytes": body["vram_used_bytes"],
-                                 "memory_total_bytes": vram_total, "utilization_percent": round(host.cpu, 1)}]
+                body["gpus"] = [
+                    {
+                        "index": 0,
+                        "name": "Simulated GPU",
+                        "memory_used_bytes": body["vram_used_bytes"],
+                        "memory_total_bytes": vram_total,
+                        "utilization_percent": round(host.cpu, 1),
+                    }
+                ]
             try:
                 answer = client.post("/api/v1/sidecar/report", json=body)
                 if answer.status_code == 200 and answer.json().get("endpoint"):

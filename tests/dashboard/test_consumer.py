@@ -32,8 +32,8 @@ async def connect(user=None, origin=ORIGIN) -> WebsocketCommunicator:
     if user is not None:
         headers.append((b"cookie", await session_cookie(user)))
     communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=headers)
-    connected, _ = await communicator.connect(timeout=5)
-    communicator.connected = connected
+    connected, code = await communicator.connect(timeout=5)
+    communicator.connected, communicator.close_code = connected, code
     return communicator
 
 
@@ -118,11 +118,16 @@ async def test_viewer_may_watch_but_not_add_or_remove(viewer):
 async def test_anonymous_socket_is_refused(db):
     communicator = await connect(None)
     assert not communicator.connected
+    assert communicator.close_code == 4401  # refused by the consumer's login check
 
 
 async def test_socket_from_a_foreign_origin_is_refused(operator):
     communicator = await connect(operator, origin=(b"origin", b"http://evil.example.com"))
     assert not communicator.connected
+    assert communicator.close_code != 4401  # refused by the origin check, before the login check
+    same_user_right_origin = await connect(operator)
+    assert same_user_right_origin.connected
+    await same_user_right_origin.disconnect()
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from registry import services
 from registry.models import Endpoint, Host
 
 URL = "/api/v1/endpoints"
@@ -128,12 +129,14 @@ def test_a_body_over_64_kib_is_refused(api, admin_token):
     assert not Endpoint.objects.exists()
 
 
-@pytest.mark.parametrize("path", ["/api/v1/endpoints/999", "/api/v1/endpoints/abc"])
-def test_unknown_endpoint_id_is_a_clean_error(api, admin_token, path):
-    assert api.get(path, admin_token).status_code in (400, 404)
+@pytest.mark.parametrize(("path", "status"), [("/api/v1/endpoints/999", 404), ("/api/v1/endpoints/abc", 400)])
+def test_unknown_or_malformed_endpoint_id_is_a_clean_error(api, admin_token, path, status):
+    services.register_endpoint("gpu-01")
+    assert api.get(path, admin_token).status_code == status
     response = api.delete(path, admin_token)
-    assert response.status_code in (400, 404)
-    assert "error" in response.json()
+    assert response.status_code == status
+    assert set(response.json()) == {"error", "detail"}
+    assert Endpoint.objects.count() == 1
 
 
 def test_wrong_token_is_401(api, db):

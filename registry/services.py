@@ -232,18 +232,31 @@ def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | N
     changed: list[int] = []
     with transaction.atomic():
         Endpoint.objects.filter(id__in=list(by_id)).update(last_checked_at=now)
-        endpoints = Endpoint.objects.filter(id__in=list(by_id)).prefetch_related("models")
-        for endpoint in endpoints:
-            try:
-                # A savepoint each: one endpoint's odd reply must not lose the whole batch.
-                with transaction.atomic():
-                    if _record_one(endpoint, by_id[endpoint.id]):
-                        changed.append(endpoint.id)
-            except Exception:
-                logger.exception("could not record the probe of endpoint %s", endpoint.id)
+        try:
+            with transaction.atomic():
+                changed = [e.id for e in _with_models(by_id) if _record_one(e, by_id[e.id])]
+        except Exception:
+            # One endpoint's odd reply must not lose the batch: redo it, one savepoint each.
+            changed = _record_each(by_id)
         if changed:
             signals.endpoints_changed.send(sender=Endpoint, ids=changed)
         signals.endpoints_checked.send(sender=Endpoint, ids=list(by_id), at=now)
+    return changed
+
+
+def _with_models(by_id: dict[int, ollama.ProbeResult]):
+    return Endpoint.objects.filter(id__in=list(by_id)).prefetch_related("models")
+
+
+def _record_each(by_id: dict[int, ollama.ProbeResult]) -> list[int]:
+    changed = []
+    for endpoint in _with_models(by_id):  # fresh objects: the failed attempt changed some in memory
+        try:
+            with transaction.atomic():
+                if _record_one(endpoint, by_id[endpoint.id]):
+                    changed.append(endpoint.id)
+        except Exception:
+            logger.exception("could not record the probe of endpoint %s", endpoint.id)
     return changed
 
 

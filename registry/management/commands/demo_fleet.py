@@ -117,8 +117,8 @@ class Command(BaseCommand):
         for host in FLEET:
             if not host.reports:
                 try:
-                    endpoint, _ = services.register_endpoint(urls[host.name], name=host.name)
-                except services.RegistryError:
+                    services.register_endpoint(urls[host.name], name=host.name)
+                except services.RegistryError:  # registered by an earlier demo run
                     continue
 
     def _report_all(self, client: httpx.Client, urls: dict[str, str]) -> None:
@@ -128,6 +128,7 @@ class Command(BaseCommand):
             host.step()
             ram_total = host.ram_gib * GIB
             body = {
+                "host": host.name,  # the machine's name; its Ollama answers at a loopback address
                 "hostname": f"{host.name}.demo",
                 "ollama_url": urls[host.name],
                 "cpu_percent": round(host.cpu, 1),
@@ -151,9 +152,7 @@ class Command(BaseCommand):
                 ]
             try:
                 answer = client.post("/api/v1/sidecar/report", json=body)
-                if answer.status_code == 200 and answer.json().get("endpoint"):
-                    row = answer.json()["endpoint"]
-                    if not row["name"]:
-                        services.update_endpoint(row["id"], name=host.name)
+                if answer.status_code != 200:
+                    logger.warning("demo report for %s refused: %s", host.name, answer.text)
             except httpx.HTTPError as exc:
                 logger.warning("demo report for %s failed: %s", host.name, exc)

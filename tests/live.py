@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
@@ -115,6 +116,23 @@ class LiveStack:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def in_thread(fn, *args, **kwargs):
+    """Run an ORM call in a fresh thread and close its connection.
+
+    Beside Playwright's sync API (an event loop in greenlets) the ORM would refuse to run, or
+    open a connection nobody closes, which keeps PostgreSQL from dropping the test database.
+    """
+
+    def run():
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()
 
 
 def wait_until(check, timeout: float, interval: float = 0.1):

@@ -13,7 +13,7 @@ from django.contrib.auth.models import Permission, User
 
 from registry import services
 from tests.conftest import PASSWORD
-from tests.live import LiveStack
+from tests.live import LiveStack, in_thread
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
@@ -27,13 +27,6 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 GIB = 1024**3
-
-
-@pytest.fixture(autouse=True)
-def _orm_beside_playwright(monkeypatch):
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make
-    # between browser steps are still plain synchronous calls.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture
@@ -58,9 +51,12 @@ def browser():
 
 @pytest.fixture
 def operator_user(db):
-    user = User.objects.create_user("operator", password=PASSWORD, is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["add_endpoint", "delete_endpoint"]))
-    return user
+    def make():
+        user = User.objects.create_user("operator", password=PASSWORD, is_staff=True)
+        user.user_permissions.add(*Permission.objects.filter(codename__in=["add_endpoint", "delete_endpoint"]))
+        return user
+
+    return in_thread(make)
 
 
 def open_dashboard(browser, stack, username="operator"):
@@ -112,7 +108,7 @@ def test_operator_adds_watches_and_removes_an_endpoint_live_in_two_pages(stack, 
     expect(row(first, endpoint_id).locator(".llm-checked")).to_have_text(re.compile(r"^[0-2]s ago$"))
 
     # A sidecar report (over the REST API, as a sidecar sends it) shows resources with no reload.
-    token = services.create_token("sidecar", "e2e")[1]
+    token = in_thread(services.create_token, "sidecar", "e2e")[1]
     report = {"hostname": "e2e-host", "host": host, "cpu_percent": 41.5, "ram_used_bytes": 20 * GIB,
               "ram_total_bytes": 64 * GIB, "vram_used_bytes": 30 * GIB, "vram_total_bytes": 80 * GIB}
     answer = httpx.post(f"{stack.url}/api/v1/sidecar/report", json=report, headers={"Authorization": f"Bearer {token}"})
@@ -140,7 +136,7 @@ def test_operator_adds_watches_and_removes_an_endpoint_live_in_two_pages(stack, 
     row(first, endpoint_id).locator(".llm-remove-btn").click()
     for page in (first, second):
         expect(page.locator("#llm-registry-body tr")).to_have_count(0, timeout=3_000)
-    assert not services.endpoint_rows()
+    assert not in_thread(services.endpoint_rows)
     assert first.js_errors == [] and second.js_errors == []
 
 
@@ -149,7 +145,7 @@ def test_page_resyncs_after_the_hub_restarts(stack, browser, operator_user):
     stack.procs["daphne"].terminate()
     stack.procs["daphne"].wait(timeout=10)
     sync_api.expect(page.locator("#llm-connection-state")).not_to_have_text("live", timeout=5_000)
-    endpoint, _ = services.register_endpoint("gpu-while-down")  # while the page is offline; no one to tell
+    endpoint, _ = in_thread(services.register_endpoint, "gpu-while-down")  # while the page is offline; no one to tell
     stack.start_component("daphne")
     sync_api.expect(page.locator("#llm-connection-state")).to_have_text("live", timeout=20_000)
     sync_api.expect(row(page, endpoint.id)).to_have_count(1, timeout=5_000)
@@ -158,8 +154,8 @@ def test_page_resyncs_after_the_hub_restarts(stack, browser, operator_user):
 def test_a_host_whose_sidecar_goes_silent_shows_unknown_resources_without_a_reload(tmp_path, browser, operator_user):
     stack = LiveStack(tmp_path, components=("daphne",), STALE_AFTER_SECONDS="3").start()
     try:
-        endpoint, _ = services.register_endpoint("10.1.2.3")
-        token = services.create_token("sidecar", "quiet")[1]
+        endpoint, _ = in_thread(services.register_endpoint, "10.1.2.3")
+        token = in_thread(services.create_token, "sidecar", "quiet")[1]
         report = {"hostname": "quiet", "host": "10.1.2.3", "cpu_percent": 55.0, "ram_used_bytes": GIB,
                   "ram_total_bytes": 4 * GIB}
         page = open_dashboard(browser, stack)

@@ -77,7 +77,19 @@ class Redis:
         port = free_port()
         folder = RUN_DIR / "redis"
         folder.mkdir(parents=True, exist_ok=True)
-        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)]
+        cmd = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ]
         self.process = subprocess.Popen(cmd, stdout=open(folder / "redis.log", "ab"), stderr=subprocess.STDOUT)
         self.url = f"redis://127.0.0.1:{port}/0"
         for _ in range(100):
@@ -100,11 +112,47 @@ def manage(*args: str, env: dict) -> None:
 def hub_processes(env: dict, host: str, port: str) -> list[tuple[str, list[str]]]:
     celery = [PY, "-m", "celery", "-A", "agentcom_site"]
     return [
-        ("daphne", [PY, "-m", "daphne", "-b", host, "-p", port, "--access-log", str(RUN_DIR / "access.log"),
-                    "agentcom_site.asgi:application"]),
-        ("worker", [*celery, "worker", "--loglevel", env.get("CELERY_LOG_LEVEL", "WARNING"), "--concurrency", env.get("CELERY_CONCURRENCY", "2"),
-                    "-Q", env.get("AGENTCOM_CELERY_QUEUE", "agentcom"), "--without-gossip", "--without-mingle"]),
-        ("beat", [*celery, "beat", "--loglevel", env.get("CELERY_LOG_LEVEL", "WARNING"), "--schedule", str(RUN_DIR / "celerybeat-schedule")]),
+        (
+            "daphne",
+            [
+                PY,
+                "-m",
+                "daphne",
+                "-b",
+                host,
+                "-p",
+                port,
+                "--access-log",
+                str(RUN_DIR / "access.log"),
+                "agentcom_site.asgi:application",
+            ],
+        ),
+        (
+            "worker",
+            [
+                *celery,
+                "worker",
+                "--loglevel",
+                env.get("CELERY_LOG_LEVEL", "WARNING"),
+                "--concurrency",
+                env.get("CELERY_CONCURRENCY", "2"),
+                "-Q",
+                env.get("AGENTCOM_CELERY_QUEUE", "agentcom"),
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        ),
+        (
+            "beat",
+            [
+                *celery,
+                "beat",
+                "--loglevel",
+                env.get("CELERY_LOG_LEVEL", "WARNING"),
+                "--schedule",
+                str(RUN_DIR / "celerybeat-schedule"),
+            ],
+        ),
     ]
 
 
@@ -146,7 +194,9 @@ def run(extra: list[tuple[str, list[str]]] | None = None) -> int:
         manage("migrate", "--noinput", "-v", "0", env=env)
         manage("ensure_admin", env=env)
         host, port = env.get("HOST", "127.0.0.1"), env.get("PORT", "8000")
-        procs = [subprocess.Popen(cmd, env=env, cwd=BASE_DIR) for _, cmd in hub_processes(env, host, port) + (extra or [])]
+        procs = [
+            subprocess.Popen(cmd, env=env, cwd=BASE_DIR) for _, cmd in hub_processes(env, host, port) + (extra or [])
+        ]
         shown = f"[{host}]" if ":" in host else host
         log(f"hub running: http://{shown}:{port}/dashboard/  (admin: /admin/, API docs: /api/v1/docs)")
         log("log in with the admin user above; Ctrl-C stops everything")

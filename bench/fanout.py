@@ -60,9 +60,22 @@ def session_cookie() -> str:
 
 def start_daphne(port: int, folder: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--access-log", os.devnull,
-         "agentcom_site.asgi:application"],
-        cwd=BASE_DIR, env=dict(os.environ), stdout=open(folder / "daphne.log", "wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--access-log",
+            os.devnull,
+            "agentcom_site.asgi:application",
+        ],
+        cwd=BASE_DIR,
+        env=dict(os.environ),
+        stdout=open(folder / "daphne.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
     for _ in range(200):
         with socket.socket() as sock:
@@ -114,7 +127,10 @@ def run_changer(folder: Path, rate: float, seconds: float) -> int:
     """Make the changes in a separate process, as a Celery worker or another daphne would."""
     proc = subprocess.run(
         [sys.executable, __file__, "--changer", str(folder), "--rate", str(rate), "--seconds", str(seconds)],
-        env=dict(os.environ), capture_output=True, text=True, check=True,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     if proc.stderr.strip():
         print(proc.stderr[-3000:], file=sys.stderr)

@@ -48,8 +48,13 @@ def mode_for(i: int) -> str:
 def start_fleet(n: int, folder: Path) -> tuple[subprocess.Popen, list[tuple[str, str]]]:
     """Serve n endpoints from a separate process, so its CPU is not counted as the prober's."""
     specs = [
-        {"host": str(FIRST_ADDRESS + i), "port": 11434, "mode": mode_for(i),
-         "models": ["llama3:8b", "mistral:7b", "nomic-embed-text:latest"], "loaded": ["llama3:8b"]}
+        {
+            "host": str(FIRST_ADDRESS + i),
+            "port": 11434,
+            "mode": mode_for(i),
+            "models": ["llama3:8b", "mistral:7b", "nomic-embed-text:latest"],
+            "loaded": ["llama3:8b"],
+        }
         for i in range(n)
     ]
     spec_file = folder / f"fleet-{n}.json"
@@ -57,7 +62,9 @@ def start_fleet(n: int, folder: Path) -> tuple[subprocess.Popen, list[tuple[str,
     control = 11900 + n % 97
     proc = subprocess.Popen(
         [sys.executable, "-m", "registry.fake_ollama", "--spec", str(spec_file), "--control-port", str(control)],
-        cwd=BASE_DIR, stdout=subprocess.DEVNULL, stderr=open(folder / "fleet.log", "wb"),
+        cwd=BASE_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "fleet.log", "wb"),
     )
     for _ in range(600):
         try:

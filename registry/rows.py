@@ -67,12 +67,3 @@ def resources_row(host: Host, now: datetime) -> dict | None:
         "reported_at": _iso(snap.reported_at),
         "stale": is_stale(snap.reported_at, now, settings.STALE_AFTER_SECONDS),
     }
-
-
-def fleet_models_from_rows(rows: list[dict]) -> dict[str, int]:
-    """Model name -> number of distinct hosts holding it, most widespread first."""
-    hosts: dict[str, set[str]] = {}
-    for row in rows:
-        for model in row["models"]:
-            hosts.setdefault(model["name"], set()).add(row["host"])
-    return dict(sorted(((n, len(h)) for n, h in hosts.items()), key=lambda kv: (-kv[1], kv[0])))

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from registry import ollama, signals
 from registry.models import Endpoint, EndpointModel, Host, ResourceSnapshot, Token
-from registry.rows import endpoint_row, fleet_models_from_rows, resources_row
+from registry.rows import endpoint_row, resources_row
 from registry.schemas import EndpointIn, SidecarReport
 from registry.status import next_status
 
@@ -70,8 +70,8 @@ def parse_endpoint(host: object, port: object = None, name: object = "") -> Endp
         raise RegistryError("invalid_endpoint", validation_message(exc)) from None
 
 
-def check_registrable(host: object, port: object = None, name: object = "", *, source: str = "manual") -> EndpointIn:
-    """Validate an endpoint to register: its shape, its address, and (manual) that it is new."""
+def _allowed_spec(host: object, port: object, name: object) -> EndpointIn:
+    """Validate an endpoint's shape and refuse a literal address outside the allowed networks."""
     spec = parse_endpoint(host, port, name)
     refusal = ollama.literal_refusal(spec.host, allowed_networks())
     if refusal:
@@ -79,14 +79,21 @@ def check_registrable(host: object, port: object = None, name: object = "", *, s
             "address_not_allowed",
             f"{spec.host} is outside REGISTRY_ALLOWED_NETWORKS ({refusal}); the hub will not probe it.",
         )
-    if source == Endpoint.Source.MANUAL:
-        existing = Endpoint.objects.filter(address=spec.host, port=spec.port).first()
-        if existing is not None:
-            raise RegistryError(
-                "already_registered",
-                f"{spec.host}:{spec.port} is already registered (endpoint {existing.id}).",
-                status_code=409,
-            )
+    return spec
+
+
+def _already_registered(endpoint: Endpoint) -> RegistryError:
+    return RegistryError(
+        "already_registered", f"{endpoint.url} is already registered (endpoint {endpoint.id}).", status_code=409
+    )
+
+
+def check_registrable(host: object, port: object = None, name: object = "") -> EndpointIn:
+    """Validate a manual registration before making it (the admin form shows the errors)."""
+    spec = _allowed_spec(host, port, name)
+    existing = Endpoint.objects.filter(address=spec.host, port=spec.port).first()
+    if existing is not None:
+        raise _already_registered(existing)
     return spec
 
 
@@ -102,7 +109,7 @@ def register_endpoint(
 
     `machine` names the Host it runs on (from a sidecar's report); by default the address.
     """
-    spec = check_registrable(host, port, name, source=source)
+    spec = _allowed_spec(host, port, name)
     with transaction.atomic():
         host_obj, _ = Host.objects.get_or_create(name=machine or spec.host)
         existing = Endpoint.objects.filter(address=spec.host, port=spec.port).first()
@@ -119,7 +126,7 @@ def register_endpoint(
                 transaction.on_commit(lambda: _probe_soon([endpoint.id]))
                 return endpoint, True
         if source == Endpoint.Source.MANUAL:
-            raise RegistryError("already_registered", f"{existing.url} is already registered.", status_code=409)
+            raise _already_registered(existing)
         if existing.host_id != host_obj.id:
             # The sidecar on the machine says which machine this Ollama runs on.
             Endpoint.objects.filter(id=existing.id).update(host=host_obj, revision=F("revision") + 1)
@@ -420,10 +427,9 @@ def host_resources(names: Iterable[str] | None = None, *, now: datetime | None =
         names = list(names)
         qs = qs.filter(name__in=names)
     found = {h.name: resources_row(h, now) for h in qs}
-    if names is not None:
-        for name in names:
-            found.setdefault(name, None)
-    return {k: v for k, v in found.items() if v is not None or names is not None}
+    if names is None:
+        return {name: row for name, row in found.items() if row is not None}
+    return {name: found.get(name) for name in names}  # None tells a reader to drop the host
 
 
 def fleet_models() -> dict[str, int]:
@@ -436,15 +442,14 @@ def fleet_models() -> dict[str, int]:
 
 
 def build_snapshot(*, now: datetime | None = None) -> dict:
-    """The whole registry: endpoints, latest resources per host, fleet model summary (3 queries)."""
+    """The whole registry: endpoints, latest resources per host, fleet model summary (4 queries)."""
     now = now or timezone.now()
-    rows = endpoint_rows()
     return {
         "server_time": now.isoformat(),
         "stale_after_seconds": settings.STALE_AFTER_SECONDS,
-        "endpoints": rows,
+        "endpoints": endpoint_rows(),
         "resources": host_resources(now=now),
-        "fleet_models": fleet_models_from_rows(rows),
+        "fleet_models": fleet_models(),
     }
 
 

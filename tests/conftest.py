@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -70,7 +72,7 @@ def api(db):
             return self.client.get(url, **self._headers(token))
 
         def post(self, url, body, token=None, raw=False):
-            data = body if raw else __import__("json").dumps(body)
+            data = body if raw else json.dumps(body)
             return self.client.post(url, data, content_type="application/json", **self._headers(token))
 
         def delete(self, url, token=None):

@@ -35,8 +35,15 @@ def test_database_url() -> str:
 class LiveStack:
     """daphne + worker + beat as subprocesses; logs kept in `folder` for failure reports."""
 
-    def __init__(self, folder: Path, *, probe_interval: float = 1.0, probe_on_register: bool = True,
-                 components: tuple[str, ...] = ("daphne", "worker", "beat"), **extra_env: str):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        probe_interval: float = 1.0,
+        probe_on_register: bool = True,
+        components: tuple[str, ...] = ("daphne", "worker", "beat"),
+        **extra_env: str,
+    ):
         self.folder = folder
         self.port = free_port()
         self.components = components
@@ -60,11 +67,31 @@ class LiveStack:
     def commands(self) -> dict[str, list[str]]:
         celery = [sys.executable, "-m", "celery", "-A", "agentcom_site"]
         return {
-            "daphne": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                       "agentcom_site.asgi:application"],
-            "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "--pool", "threads",
-                       "-Q", settings.CELERY_TASK_DEFAULT_QUEUE, "--without-gossip", "--without-mingle",
-                       "--without-heartbeat"],
+            "daphne": [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "agentcom_site.asgi:application",
+            ],
+            "worker": [
+                *celery,
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--pool",
+                "threads",
+                "-Q",
+                settings.CELERY_TASK_DEFAULT_QUEUE,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
             "beat": [*celery, "beat", "--loglevel", "INFO", "--schedule", str(self.folder / "beat-schedule")],
         }
 

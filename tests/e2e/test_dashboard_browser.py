@@ -42,8 +42,13 @@ def browser():
         chromium = playwright.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         yield chromium
         chromium.close()
@@ -109,8 +114,15 @@ def test_operator_adds_watches_and_removes_an_endpoint_live_in_two_pages(stack, 
 
     # A sidecar report (over the REST API, as a sidecar sends it) shows resources with no reload.
     token = in_thread(services.create_token, "sidecar", "e2e")[1]
-    report = {"hostname": "e2e-host", "host": host, "cpu_percent": 41.5, "ram_used_bytes": 20 * GIB,
-              "ram_total_bytes": 64 * GIB, "vram_used_bytes": 30 * GIB, "vram_total_bytes": 80 * GIB}
+    report = {
+        "hostname": "e2e-host",
+        "host": host,
+        "cpu_percent": 41.5,
+        "ram_used_bytes": 20 * GIB,
+        "ram_total_bytes": 64 * GIB,
+        "vram_used_bytes": 30 * GIB,
+        "vram_total_bytes": 80 * GIB,
+    }
     answer = httpx.post(f"{stack.url}/api/v1/sidecar/report", json=report, headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 200, answer.text
     expect(row(second, endpoint_id).locator(".resource-bar-cpu")).to_have_attribute(
@@ -156,8 +168,13 @@ def test_a_host_whose_sidecar_goes_silent_shows_unknown_resources_without_a_relo
     try:
         endpoint, _ = in_thread(services.register_endpoint, "10.1.2.3")
         token = in_thread(services.create_token, "sidecar", "quiet")[1]
-        report = {"hostname": "quiet", "host": "10.1.2.3", "cpu_percent": 55.0, "ram_used_bytes": GIB,
-                  "ram_total_bytes": 4 * GIB}
+        report = {
+            "hostname": "quiet",
+            "host": "10.1.2.3",
+            "cpu_percent": 55.0,
+            "ram_used_bytes": GIB,
+            "ram_total_bytes": 4 * GIB,
+        }
         page = open_dashboard(browser, stack)
         httpx.post(f"{stack.url}/api/v1/sidecar/report", json=report, headers={"Authorization": f"Bearer {token}"})
         cpu = row(page, endpoint.id).locator(".resource-bar-cpu")

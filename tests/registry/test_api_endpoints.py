@@ -15,7 +15,11 @@ def test_admin_token_registers_lists_reads_and_removes_an_endpoint(api, admin_to
     assert created.status_code == 201, created.content
     row = created.json()
     assert (row["host"], row["port"], row["name"], row["source"], row["status"]) == (
-        "gpu-01", 11434, "big box", "manual", "unknown"
+        "gpu-01",
+        11434,
+        "big box",
+        "manual",
+        "unknown",
     )
     assert row["url"] == "http://gpu-01:11434"
 
@@ -53,7 +57,9 @@ def test_staff_without_add_permission_may_not_register(api, db):
     api.client.force_login(user)
     api.client.get("/dashboard/")
     response = api.client.post(
-        URL, '{"host": "gpu-03"}', content_type="application/json",
+        URL,
+        '{"host": "gpu-03"}',
+        content_type="application/json",
         HTTP_X_CSRFTOKEN=api.client.cookies["csrftoken"].value,
     )
     assert response.status_code == 403

@@ -14,8 +14,9 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 @pytest.fixture
 def worker_and_beat(tmp_path):
     # Chunks of one endpoint: the sweep fans out into several tasks, as it would across workers.
-    stack = LiveStack(tmp_path, probe_interval=1.0, probe_on_register=False, components=("worker", "beat"),
-                      PROBE_CHUNK_SIZE="1")
+    stack = LiveStack(
+        tmp_path, probe_interval=1.0, probe_on_register=False, components=("worker", "beat"), PROBE_CHUNK_SIZE="1"
+    )
     stack.start()
     yield stack
     stack.stop()
@@ -50,7 +51,9 @@ def test_a_newly_registered_endpoint_is_probed_at_once(fake_fleet, tmp_path, set
         settings.PROBE_ON_REGISTER = True
         host, port = fake_fleet.add(models=["mistral:7b"])
         endpoint, _ = services.register_endpoint(host, port)
-        assert wait_until(lambda: Endpoint.objects.get(id=endpoint.id).models.exists(), timeout=2.0), stack.log("worker")
+        assert wait_until(lambda: Endpoint.objects.get(id=endpoint.id).models.exists(), timeout=2.0), stack.log(
+            "worker"
+        )
         assert status_of(endpoint.id) == "healthy"
     finally:
         stack.stop()

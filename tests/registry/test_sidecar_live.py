@@ -36,7 +36,10 @@ def sidecar_process(hub_url: str, token: str, *args: str, log: Path | None = Non
     out = open(log, "wb") if log else subprocess.PIPE
     return subprocess.Popen(
         [sys.executable, "-m", "registry.sidecar", "--hub", hub_url, *args],
-        cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+        cwd=BASE_DIR,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -64,8 +67,17 @@ def test_without_ollama_the_sidecar_still_reports_its_host(hub, token):
 
 
 def test_the_sidecar_keeps_reporting_at_its_interval(hub, token, tmp_path):
-    proc = sidecar_process(hub.url, token, "--interval", "0.3", "--host", "gpu-loop",
-                           "--ollama-url", f"http://127.0.0.1:{free_port()}", log=tmp_path / "sidecar.log")
+    proc = sidecar_process(
+        hub.url,
+        token,
+        "--interval",
+        "0.3",
+        "--host",
+        "gpu-loop",
+        "--ollama-url",
+        f"http://127.0.0.1:{free_port()}",
+        log=tmp_path / "sidecar.log",
+    )
     try:
         assert wait_until(lambda: ResourceSnapshot.objects.count() >= 3, timeout=10)
     finally:
@@ -76,8 +88,17 @@ def test_the_sidecar_keeps_reporting_at_its_interval(hub, token, tmp_path):
 def test_the_sidecar_survives_a_hub_outage_and_recovers(token, tmp_path):
     stack = LiveStack(tmp_path, probe_on_register=False, components=("daphne",))
     log = tmp_path / "sidecar.log"
-    proc = sidecar_process(stack.url, token, "--interval", "0.3", "--host", "gpu-patient",
-                           "--ollama-url", f"http://127.0.0.1:{free_port()}", log=log)
+    proc = sidecar_process(
+        stack.url,
+        token,
+        "--interval",
+        "0.3",
+        "--host",
+        "gpu-patient",
+        "--ollama-url",
+        f"http://127.0.0.1:{free_port()}",
+        log=log,
+    )
     try:
         assert wait_until(lambda: log.exists() and "unreachable" in log.read_text(), timeout=10), log.read_text()
         stack.start()  # the hub comes up after the sidecar
@@ -105,8 +126,9 @@ def test_a_revoked_token_stops_the_sidecar_with_a_clear_message(hub, db):
 def test_with_nvml_the_report_carries_per_gpu_numbers(hub, token, monkeypatch):
     monkeypatch.setattr(sidecar, "_import_nvml", lambda: fake_nvml(TWO_GPUS))
     monkeypatch.setenv("AGENTCOM_TOKEN", token)
-    code = sidecar.main(["--hub", hub.url, "--once", "--host", "gpu-nv",
-                         "--ollama-url", f"http://127.0.0.1:{free_port()}"])
+    code = sidecar.main(
+        ["--hub", hub.url, "--once", "--host", "gpu-nv", "--ollama-url", f"http://127.0.0.1:{free_port()}"]
+    )
     assert code == 0
     resources = services.build_snapshot()["resources"]["gpu-nv"]
     assert resources["vram_total_bytes"] == 104 * 1024**3

@@ -19,8 +19,13 @@ def report(**overrides):
         "vram_used_bytes": 30 * GIB,
         "vram_total_bytes": 80 * GIB,
         "gpus": [
-            {"index": 0, "name": "NVIDIA A100", "memory_used_bytes": 30 * GIB,
-             "memory_total_bytes": 80 * GIB, "utilization_percent": 55},
+            {
+                "index": 0,
+                "name": "NVIDIA A100",
+                "memory_used_bytes": 30 * GIB,
+                "memory_total_bytes": 80 * GIB,
+                "utilization_percent": 55,
+            },
         ],
     }
     body.update(overrides)

@@ -44,7 +44,9 @@ def test_snapshot_query_count_is_the_same_for_5_and_200_endpoints(db):
 def test_fleet_summary_counts_distinct_hosts_per_model(db):
     make_fleet(3)
     host = Host.objects.first()
-    Endpoint.objects.create(host=host, address=host.name, port=11500).models.create(name="llama3")  # same host, second port
+    Endpoint.objects.create(host=host, address=host.name, port=11500).models.create(
+        name="llama3"
+    )  # same host, second port
     fleet = services.build_snapshot()["fleet_models"]
     assert fleet["llama3"] == 3
     assert list(fleet)[0] == "llama3"  # most widespread first

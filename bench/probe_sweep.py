@@ -80,7 +80,7 @@ def start_fleet(n: int, folder: Path) -> tuple[subprocess.Popen, list[tuple[str,
 def measure(n: int, folder: Path, timeout: float) -> dict:
     from registry import ollama, services
     from registry.models import Endpoint
-    from registry.tasks import run_probes
+    from registry.services import probe
 
     Endpoint.objects.all().delete()
     fleet, hosts = start_fleet(n, folder)
@@ -93,11 +93,11 @@ def measure(n: int, folder: Path, timeout: float) -> dict:
         timings = []
         for _ in range(2):
             start = time.monotonic()
-            run_probes(None)
+            probe(None)
             timings.append(time.monotonic() - start)
 
         # 2. The probing alone, for CPU per probe and per-endpoint latencies.
-        targets = [ollama.ProbeTarget(e.id, e.host.name, e.port) for e in Endpoint.objects.select_related("host")]
+        targets = [ollama.ProbeTarget(e.id, e.address, e.port) for e in Endpoint.objects.all()]
         healthy = [t for t in targets if modes[t.host] == "healthy"]
         allowed = services.allowed_networks()
         cpu = time.process_time()

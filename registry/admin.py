@@ -6,16 +6,15 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
-from django.utils import timezone
 
 from registry import services
 from registry.models import Endpoint, Host, ResourceSnapshot, Token
 
 
 class EndpointForm(forms.ModelForm):
-    """Host is typed as text (name, IP or URL); the service finds or creates the Host row."""
+    """The address is typed as text (name, IP or URL); the service finds or creates the Host row."""
 
-    host_name = forms.CharField(label="Host", max_length=300, help_text="Host name, IP address or URL.")
+    address = forms.CharField(label="Address", max_length=300, help_text="Host name, IP address or URL.")
 
     class Meta:
         model = Endpoint
@@ -24,8 +23,8 @@ class EndpointForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
-            self.fields["host_name"].initial = self.instance.address
-            self.fields["host_name"].disabled = True
+            self.fields["address"].initial = self.instance.address
+            self.fields["address"].disabled = True
 
     def clean(self):
         data = super().clean()
@@ -33,7 +32,7 @@ class EndpointForm(forms.ModelForm):
             if self.instance.pk:
                 services.parse_endpoint(self.instance.address, data.get("port"), data.get("name", ""))
             else:
-                services.check_registrable(data.get("host_name", ""), data.get("port"), data.get("name", ""))
+                services.check_registrable(data.get("address", ""), data.get("port"), data.get("name", ""))
         except services.RegistryError as exc:
             raise ValidationError(exc.detail) from None
         return data
@@ -42,7 +41,7 @@ class EndpointForm(forms.ModelForm):
 @admin.register(Endpoint)
 class EndpointAdmin(admin.ModelAdmin):
     form = EndpointForm
-    list_display = ["status", "address", "port", "name", "model_count", "source", "machine", "last_checked_at"]
+    list_display = ["status", "address", "port", "name", "model_count", "source", "host_name", "last_checked_at"]
     list_filter = ["status", "source"]
     search_fields = ["address", "host__name", "name"]
     readonly_fields = [
@@ -65,8 +64,8 @@ class EndpointAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)  # replaced by remove_selected, which uses services
         return actions
 
-    @admin.display(description="machine", ordering="host__name")
-    def machine(self, obj: Endpoint) -> str:
+    @admin.display(description="host", ordering="host__name")
+    def host_name(self, obj: Endpoint) -> str:
         return obj.host.name
 
     @admin.display(description="models", ordering="_models")
@@ -79,7 +78,7 @@ class EndpointAdmin(admin.ModelAdmin):
             if change:
                 saved = services.update_endpoint(obj.pk, port=data["port"], name=data["name"])
             else:
-                saved, _ = services.register_endpoint(data["host_name"], data["port"], data["name"])
+                saved, _ = services.register_endpoint(data["address"], data["port"], data["name"])
         except services.RegistryError as exc:
             # The form checked this already; only a concurrent change can land here.
             self.message_user(request, exc.detail, messages.ERROR)
@@ -95,13 +94,13 @@ class EndpointAdmin(admin.ModelAdmin):
 
     @admin.action(description="Probe now", permissions=["change"])
     def probe_now(self, request, queryset):
-        from registry.tasks import run_probes
-
         ids = list(queryset.values_list("id", flat=True))
-        busy = queryset.filter(probe_claimed_until__gt=timezone.now()).count()
-        changed = run_probes(ids)
-        skipped = f"; {busy} skipped because a sweep is probing them right now" if busy else ""
-        self.message_user(request, f"Probed {len(ids) - busy} endpoint(s); {len(changed)} changed{skipped}.")
+        try:
+            services.queue_probe(ids)
+        except Exception as exc:  # the broker is down: say so instead of a 500
+            self.message_user(request, f"Could not queue the probe ({exc.__class__.__name__}).", messages.ERROR)
+            return
+        self.message_user(request, f"Queued a probe of {len(ids)} endpoint(s); the list updates when it is done.")
 
     @admin.action(description="Remove selected endpoints", permissions=["delete"])
     def remove_selected(self, request, queryset):

@@ -152,7 +152,7 @@ def list_endpoints(request):
 def create_endpoint(request, payload: EndpointIn):
     """Register an Ollama endpoint (host or URL, port, optional name); it is probed at once."""
     _require_perm(request, "registry.add_endpoint")
-    endpoint, _ = services.register_endpoint(payload.host, payload.port, payload.name)
+    endpoint, _ = services.register_endpoint(payload.address, payload.port, payload.name)
     return Status(201, services.endpoint_rows([endpoint.id])[0])
 
 

@@ -100,7 +100,7 @@ class Http11Connection:
     def __init__(self, ip: str, target: Target) -> None:
         self._address = (ip, target.port)
         self._headers = b"Host: %s\r\nAccept: application/json\r\nAccept-Encoding: identity\r\nUser-Agent: %s\r\n" % (
-            host_header(target.host, target.port),
+            host_header(target.address, target.port),
             USER_AGENT,
         )
         self._reader: asyncio.StreamReader | None = None
@@ -136,7 +136,7 @@ class HttpxConnection:
     def __init__(self, transport: httpx.AsyncBaseTransport, ip: str, target: Target) -> None:
         self._transport, self._ip, self._port = transport, ip, target.port
         self._headers = [
-            (b"Host", host_header(target.host, target.port)),
+            (b"Host", host_header(target.address, target.port)),
             (b"Accept", b"application/json"),
             (b"Accept-Encoding", b"identity"),
             (b"User-Agent", USER_AGENT),

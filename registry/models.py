@@ -44,7 +44,7 @@ class Endpoint(models.Model):
     # text for a manual registration, but a sidecar may name its machine "gpu-01" while
     # advertising its Ollama at 10.0.0.2.
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="endpoints")
-    address = models.CharField("host", max_length=253, help_text="Host name or IP address the hub connects to.")
+    address = models.CharField(max_length=253, help_text="Host name or IP address the hub connects to.")
     port = models.PositiveIntegerField(default=11434)
     name = models.CharField(max_length=100, blank=True)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.MANUAL)

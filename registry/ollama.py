@@ -121,7 +121,7 @@ def parse_reply(body: bytes | str, model: type[ReplyT]) -> ReplyT:
 @dataclass(frozen=True, slots=True)
 class ProbeTarget:
     id: int
-    host: str
+    address: str
     port: int
 
 
@@ -314,7 +314,7 @@ async def _probe_calls(
     3. GET /api/tags; this one decides health.
     4. GET /api/ps; a 404 (old Ollama) or a bad reply only means "no loaded-model info".
     """
-    conn = connect(await resolve_allowed(target.host, allowed), target)
+    conn = connect(await resolve_allowed(target.address, allowed), target)
     try:
         version = ""
         try:
@@ -347,7 +347,7 @@ async def _probe(
     except Exception as exc:  # the probe boundary: every failure becomes a result
         error = describe_error(exc)
         if error == "connection failed":
-            logger.warning("probe %s (%s:%s) failed unexpectedly", target.id, target.host, target.port, exc_info=exc)
+            logger.warning("probe %s (%s:%s) failed unexpectedly", target.id, target.address, target.port, exc_info=exc)
     latency_ms = round((time.perf_counter() - started) * 1000)
     return ProbeResult(target.id, not error, error, latency_ms, version, models, datetime.now(UTC))
 

@@ -86,11 +86,14 @@ def host_for_url(host: str) -> str:
 
 
 class EndpointIn(BaseModel):
-    """An endpoint to register: host (or URL), port, optional name."""
+    """An endpoint to register: its address (host name, IP or URL), port, optional name.
+
+    On the wire the address is called `host` (the registration frame and REST body).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    host: str = Field(description="Host name, IP address or URL such as http://gpu-01:11434/")
+    address: str = Field(alias="host", description="Host name, IP address or URL such as http://gpu-01:11434/")
     port: int | None = Field(default=None, description="TCP port, 1..65535 (default 11434)")
     name: str = Field(default="", max_length=100, description="Optional display name")
 
@@ -120,10 +123,10 @@ class EndpointIn(BaseModel):
 
     @model_validator(mode="after")
     def _normalise(self) -> EndpointIn:
-        if not isinstance(self.host, str):
+        if not isinstance(self.address, str):
             raise ValueError("host must be text")
-        host, port = split_host(self.host, self.port)
-        self.host = host
+        address, port = split_host(self.address, self.port)
+        self.address = address
         self.port = port or DEFAULT_OLLAMA_PORT
         return self
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import lru_cache
 
+from celery import current_app as current_celery_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -21,6 +22,8 @@ from registry.schemas import EndpointIn, SidecarReport
 from registry.status import next_status
 
 logger = logging.getLogger(__name__)
+
+PROBE_TASK = "registry.tasks.probe_endpoints"
 
 
 class RegistryError(Exception):
@@ -62,22 +65,22 @@ def allowed_networks():
 # --- endpoints -------------------------------------------------------------------------
 
 
-def parse_endpoint(host: object, port: object = None, name: object = "") -> EndpointIn:
+def parse_endpoint(address: object, port: object = None, name: object = "") -> EndpointIn:
     """Validate raw endpoint input (from any caller) or raise RegistryError."""
     try:
-        return EndpointIn.model_validate({"host": host, "port": port, "name": name})
+        return EndpointIn.model_validate({"host": address, "port": port, "name": name})
     except ValidationError as exc:
         raise RegistryError("invalid_endpoint", validation_message(exc)) from None
 
 
-def _allowed_spec(host: object, port: object, name: object) -> EndpointIn:
+def _allowed_spec(address: object, port: object, name: object) -> EndpointIn:
     """Validate an endpoint's shape and refuse a literal address outside the allowed networks."""
-    spec = parse_endpoint(host, port, name)
-    refusal = ollama.literal_refusal(spec.host, allowed_networks())
+    spec = parse_endpoint(address, port, name)
+    refusal = ollama.literal_refusal(spec.address, allowed_networks())
     if refusal:
         raise RegistryError(
             "address_not_allowed",
-            f"{spec.host} is outside REGISTRY_ALLOWED_NETWORKS ({refusal}); the hub will not probe it.",
+            f"{spec.address} is outside REGISTRY_ALLOWED_NETWORKS ({refusal}); the hub will not probe it.",
         )
     return spec
 
@@ -88,39 +91,39 @@ def _already_registered(endpoint: Endpoint) -> RegistryError:
     )
 
 
-def check_registrable(host: object, port: object = None, name: object = "") -> EndpointIn:
+def check_registrable(address: object, port: object = None, name: object = "") -> EndpointIn:
     """Validate a manual registration before making it (the admin form shows the errors)."""
-    spec = _allowed_spec(host, port, name)
-    existing = Endpoint.objects.filter(address=spec.host, port=spec.port).first()
+    spec = _allowed_spec(address, port, name)
+    existing = Endpoint.objects.filter(address=spec.address, port=spec.port).first()
     if existing is not None:
         raise _already_registered(existing)
     return spec
 
 
 def register_endpoint(
-    host: object,
+    address: object,
     port: object = None,
     name: object = "",
     *,
     source: str = Endpoint.Source.MANUAL,
-    machine: str | None = None,
+    host: str | None = None,
 ) -> tuple[Endpoint, bool]:
-    """Register the Ollama at host:port; return (endpoint, created). Manual duplicates are refused.
+    """Register the Ollama at address:port; return (endpoint, created). Manual duplicates are refused.
 
-    `machine` names the Host it runs on (from a sidecar's report); by default the address.
+    `host` names the machine it runs on (from a sidecar's report); by default the address.
     """
-    spec = _allowed_spec(host, port, name)
+    spec = _allowed_spec(address, port, name)
     with transaction.atomic():
-        host_obj, _ = Host.objects.get_or_create(name=machine or spec.host)
-        existing = Endpoint.objects.filter(address=spec.host, port=spec.port).first()
+        host_obj, _ = Host.objects.get_or_create(name=host or spec.address)
+        existing = Endpoint.objects.filter(address=spec.address, port=spec.port).first()
         if existing is None:
             try:
                 with transaction.atomic():
                     endpoint = Endpoint.objects.create(
-                        host=host_obj, address=spec.host, port=spec.port, name=spec.name, source=source
+                        host=host_obj, address=spec.address, port=spec.port, name=spec.name, source=source
                     )
             except IntegrityError:  # a concurrent registration won the race
-                existing = Endpoint.objects.get(address=spec.host, port=spec.port)
+                existing = Endpoint.objects.get(address=spec.address, port=spec.port)
             else:
                 signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
                 transaction.on_commit(lambda: _probe_soon([endpoint.id]))
@@ -191,18 +194,29 @@ def remove_endpoints(ids: Iterable[int]) -> list[int]:
 
 
 def _probe_soon(ids: list[int]) -> None:
-    """Queue an immediate probe; a broker outage must not fail the registration."""
+    """Queue an immediate probe of new endpoints; a broker outage must not fail the registration."""
     if not settings.PROBE_ON_REGISTER:
         return
     try:
-        from registry.tasks import probe_endpoints
-
-        probe_endpoints.apply_async(args=[ids], expires=settings.PROBE_INTERVAL_SECONDS)
+        queue_probe(ids)
     except Exception:
         logger.warning("could not queue a probe for endpoints %s", ids, exc_info=True)
 
 
+def queue_probe(ids: list[int]) -> None:
+    """Ask a Celery worker to probe these endpoints now (expires at the next sweep)."""
+    # By name: services never import the tasks module (tasks import services).
+    current_celery_app.send_task(PROBE_TASK, args=[list(ids)], expires=settings.PROBE_INTERVAL_SECONDS)
+
+
 # --- probing ---------------------------------------------------------------------------
+
+
+def sweep_chunks() -> list[list[int]]:
+    """The fleet's endpoint ids cut into PROBE_CHUNK_SIZE chunks, one probe task each."""
+    ids = list(Endpoint.objects.order_by("id").values_list("id", flat=True))
+    size = settings.PROBE_CHUNK_SIZE
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
 def claim_for_probe(
@@ -219,11 +233,23 @@ def claim_for_probe(
         free = free.filter(id__in=list(ids))
     free.update(probe_claim=claim, probe_claimed_until=until)
     rows = Endpoint.objects.filter(probe_claim=claim).values_list("id", "address", "port")
-    return claim, [ollama.ProbeTarget(id=i, host=h, port=p) for i, h, p in rows]
+    return claim, [ollama.ProbeTarget(id=i, address=a, port=p) for i, a, p in rows]
 
 
 def release_claim(claim: str) -> None:
     Endpoint.objects.filter(probe_claim=claim).update(probe_claim="", probe_claimed_until=None)
+
+
+def probe(ids: Iterable[int] | None) -> list[int]:
+    """Lease, probe and record endpoints (all when ids is None); return the changed ids."""
+    claim, targets = claim_for_probe(ids)
+    try:
+        if not targets:
+            return []
+        results = ollama.probe_many_sync(targets, timeout=settings.PROBE_TIMEOUT_SECONDS, allowed=allowed_networks())
+        return record_probe_results(results)
+    finally:
+        release_claim(claim)
 
 
 def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | None = None) -> list[int]:
@@ -378,7 +404,7 @@ def record_report(report: SidecarReport, *, now: datetime | None = None) -> tupl
     with transaction.atomic():
         target = report.ollama_host_port()
         if target is not None:
-            endpoint, _ = register_endpoint(target[0], target[1], source=Endpoint.Source.AUTO, machine=report.host)
+            endpoint, _ = register_endpoint(target[0], target[1], source=Endpoint.Source.AUTO, host=report.host)
         host, _ = Host.objects.get_or_create(name=report.host)
         snapshot = ResourceSnapshot.objects.create(
             host=host,

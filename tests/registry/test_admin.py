@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.auth.models import User
 
@@ -38,7 +40,7 @@ def test_endpoint_list_filters_by_status_and_source_and_searches_host(admin_clie
 
 def test_adding_an_endpoint_in_admin_goes_through_the_services(admin_client):
     response = admin_client.post(
-        "/admin/registry/endpoint/add/", {"host_name": "http://gpu-05:11500/", "port": "11434", "name": "five"}
+        "/admin/registry/endpoint/add/", {"address": "http://gpu-05:11500/", "port": "11434", "name": "five"}
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     endpoint = Endpoint.objects.get()
@@ -47,10 +49,10 @@ def test_adding_an_endpoint_in_admin_goes_through_the_services(admin_client):
 
 def test_adding_a_duplicate_or_bad_endpoint_in_admin_shows_the_error(admin_client):
     services.register_endpoint("gpu-05")
-    page = admin_client.post("/admin/registry/endpoint/add/", {"host_name": "gpu-05", "port": "11434", "name": ""})
+    page = admin_client.post("/admin/registry/endpoint/add/", {"address": "gpu-05", "port": "11434", "name": ""})
     assert page.status_code == 200
     assert "already registered" in page.content.decode()
-    page = admin_client.post("/admin/registry/endpoint/add/", {"host_name": "gpu 5", "port": "11434", "name": ""})
+    page = admin_client.post("/admin/registry/endpoint/add/", {"address": "gpu 5", "port": "11434", "name": ""})
     assert "spaces" in page.content.decode()
     assert Endpoint.objects.count() == 1
 
@@ -86,16 +88,20 @@ def test_creating_a_token_in_admin_shows_it_once(admin_client):
     assert Token.objects.get().label == "gpu-07"
 
 
-def test_probe_now_action_probes_the_selected_endpoints(admin_client, fake_fleet):
-    host, port = fake_fleet.add(models=["llama3:8b"])
-    endpoint, _ = services.register_endpoint(host, port)
+def test_probe_now_action_queues_a_probe_task_for_the_selected_endpoints(admin_client, settings):
+    import redis
+
+    endpoint, _ = services.register_endpoint("gpu-01")
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    broker.delete(queue)
     response = admin_client.post(
         "/admin/registry/endpoint/", {"action": "probe_now", "_selected_action": [endpoint.id]}, follow=True
     )
-    assert "Probed 1 endpoint" in response.content.decode()
-    endpoint.refresh_from_db()
-    assert endpoint.status == "healthy"
-    assert [m.name for m in endpoint.models.all()] == ["llama3:8b"]
+    assert "Queued a probe of 1 endpoint" in response.content.decode()
+    message = json.loads(broker.lpop(queue))
+    assert message["headers"]["task"] == "registry.tasks.probe_endpoints"
+    assert message["headers"]["argsrepr"] == f"[[{endpoint.id}]]"
 
 
 def test_editing_an_endpoint_with_a_bad_port_shows_the_error_and_changes_nothing(admin_client):

@@ -35,7 +35,7 @@ def fleet():
 def target_for(fleet: FakeFleet, mode: str = "healthy", **options) -> ProbeTarget:
     options.setdefault("models", ["llama3:8b", "mistral:7b"])
     host, port = fleet.add(mode=mode, **options)
-    return ProbeTarget(id=port, host=host, port=port)
+    return ProbeTarget(id=port, address=host, port=port)
 
 
 # -- recorded replies ----------------------------------------------------------------------------

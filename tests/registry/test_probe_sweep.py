@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 
 from registry import services, signals
 from registry.models import Endpoint
-from registry.tasks import run_probes
+from registry.services import probe as run_probes
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_unhealthy_endpoint_recovers_on_first_success_and_events_fire_once_per_c
     events.clear()
     assert probe(endpoint).status == "healthy"
     assert events == [[endpoint.id]]
-    host, port = endpoint.host.name, endpoint.port
+    host, port = endpoint.address, endpoint.port
     fake_fleet.set(host, port, mode="http500")
     probe(endpoint)
     assert probe(endpoint).status == "unhealthy"
@@ -105,7 +105,7 @@ def test_unchanged_probe_result_does_not_rewrite_the_endpoint_or_its_models(db, 
 def test_models_changing_on_the_endpoint_are_synchronised(db, fake_fleet):
     endpoint = register(fake_fleet, models=["llama3", "mistral"])
     probe(endpoint)
-    fake_fleet.set(endpoint.host.name, endpoint.port, models=["llama3", "qwen2"], loaded=["qwen2"])
+    fake_fleet.set(endpoint.address, endpoint.port, models=["llama3", "qwen2"], loaded=["qwen2"])
     probe(endpoint)
     models = {m.name: m.loaded for m in endpoint.models.all()}
     assert models == {"llama3": False, "qwen2": True}

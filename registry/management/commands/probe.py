@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from registry.tasks import run_probes
+from registry.services import probe
 
 
 class Command(BaseCommand):
@@ -14,5 +14,5 @@ class Command(BaseCommand):
         parser.add_argument("ids", nargs="*", type=int)
 
     def handle(self, *args, ids: list[int], **options):
-        changed = run_probes(ids or None)
+        changed = probe(ids or None)
         self.stdout.write(f"{len(changed)} endpoint(s) changed: {changed}")

@@ -16,12 +16,14 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from registry.ingest import ReportRoute  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Static files (one CSS, one JS) are served by the app itself so that `make run`
         # needs no web server in front; behind a proxy, serve STATIC_ROOT there instead.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # Well-formed sidecar reports take a lean path (registry/ingest.py); the rest is Django.
+        "http": ReportRoute(ASGIStaticFilesHandler(django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

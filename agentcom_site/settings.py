@@ -45,6 +45,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "agentcom_site.middleware.ApiJsonErrors",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -154,6 +155,13 @@ PROBE_ON_REGISTER = env_bool("PROBE_ON_REGISTER", True)
 UNHEALTHY_AFTER_FAILURES = env_int("UNHEALTHY_AFTER_FAILURES", 2, minimum=1)
 STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)
 RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0.01)
+RESOURCE_HISTORY_SECONDS = env_float("RESOURCE_HISTORY_SECONDS", 60.0, minimum=0.0)
+# A revoked token stops working in every process within this time (tokens are cached in memory).
+TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0.0)
+# Sidecar reports waiting to be written (per web process) beyond which the hub answers 503.
+REPORT_QUEUE_MAX = env_int("REPORT_QUEUE_MAX", 2000, minimum=1)
+# A report that could not be written within this time is refused with 503 (nothing stored).
+REPORT_MAX_WAIT_SECONDS = env_float("REPORT_MAX_WAIT_SECONDS", 2.0, minimum=0.1)
 REGISTRY_ALLOWED_NETWORKS = env_str(
     "REGISTRY_ALLOWED_NETWORKS",
     "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7",

@@ -15,10 +15,20 @@ class Host(models.Model):
 
     name = models.CharField(max_length=253, unique=True, help_text="How the hub names this machine.")
     hostname = models.CharField(max_length=253, blank=True, help_text="What the machine calls itself.")
-    latest_snapshot = models.ForeignKey(
-        "ResourceSnapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    # The latest report, exactly as the sidecar sent it (null until the first report). Kept on
+    # the host row so that a report is one UPDATE and the snapshot reads one table.
     last_report_at = models.DateTimeField(null=True, blank=True)
+    cpu_percent = models.FloatField(null=True, blank=True)
+    ram_used_bytes = models.BigIntegerField(null=True, blank=True)
+    ram_total_bytes = models.BigIntegerField(null=True, blank=True)
+    vram_used_bytes = models.BigIntegerField(null=True, blank=True)
+    vram_total_bytes = models.BigIntegerField(null=True, blank=True)
+    gpus = models.JSONField(default=list, blank=True)
+    # When open dashboards were last told about this host's resources (on a visible change,
+    # and at least every STALE_AFTER_SECONDS / 3 while it reports, so pages never see it stale).
+    announced_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the last history row (ResourceSnapshot) was written: one per RESOURCE_HISTORY_SECONDS.
+    history_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -100,7 +110,8 @@ class EndpointModel(models.Model):
 
 
 class ResourceSnapshot(models.Model):
-    """One resource report from a host's sidecar; history is pruned by a retention task."""
+    """A host's resources at one moment (history, one row per RESOURCE_HISTORY_SECONDS per host);
+    pruned after RESOURCE_RETENTION_HOURS. The latest values live on Host."""
 
     host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="snapshots")
     cpu_percent = models.FloatField()

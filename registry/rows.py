@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.conf import settings
 
-from registry.models import Endpoint, Host
+from registry.models import Endpoint
 from registry.status import is_stale
 
 
@@ -50,20 +50,30 @@ def endpoint_row(endpoint: Endpoint) -> dict:
     }
 
 
-def resources_row(host: Host, now: datetime) -> dict | None:
-    """A host's latest resources (latest_snapshot selected), or None if it never reported."""
-    snap = host.latest_snapshot
-    if snap is None:
-        return None
+RESOURCE_FIELDS = (
+    "name",
+    "hostname",
+    "cpu_percent",
+    "ram_used_bytes",
+    "ram_total_bytes",
+    "vram_used_bytes",
+    "vram_total_bytes",
+    "gpus",
+    "last_report_at",
+)
+
+
+def resources_row(host: dict, now: datetime) -> dict:
+    """A host's latest resources from its RESOURCE_FIELDS values (the host has reported)."""
     return {
-        "host": host.name,
-        "hostname": host.hostname,
-        "cpu_percent": snap.cpu_percent,
-        "ram_used_bytes": snap.ram_used_bytes,
-        "ram_total_bytes": snap.ram_total_bytes,
-        "vram_used_bytes": snap.vram_used_bytes,
-        "vram_total_bytes": snap.vram_total_bytes,
-        "gpus": snap.gpus,
-        "reported_at": _iso(snap.reported_at),
-        "stale": is_stale(snap.reported_at, now, settings.STALE_AFTER_SECONDS),
+        "host": host["name"],
+        "hostname": host["hostname"],
+        "cpu_percent": host["cpu_percent"],
+        "ram_used_bytes": host["ram_used_bytes"],
+        "ram_total_bytes": host["ram_total_bytes"],
+        "vram_used_bytes": host["vram_used_bytes"],
+        "vram_total_bytes": host["vram_total_bytes"],
+        "gpus": host["gpus"],
+        "reported_at": _iso(host["last_report_at"]),
+        "stale": is_stale(host["last_report_at"], now, settings.STALE_AFTER_SECONDS),
     }

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
@@ -17,9 +20,9 @@ from pydantic import ValidationError
 
 from registry import ollama, signals
 from registry.models import Endpoint, EndpointModel, Host, ResourceSnapshot, Token
-from registry.rows import endpoint_row, resources_row
+from registry.rows import RESOURCE_FIELDS, endpoint_row, resources_row
 from registry.schemas import EndpointIn, SidecarReport
-from registry.status import next_status
+from registry.status import is_stale, next_status
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +133,9 @@ def register_endpoint(
                 return endpoint, True
         if source == Endpoint.Source.MANUAL:
             raise _already_registered(existing)
-        if existing.host_id != host_obj.id:
-            # The sidecar on the machine says which machine this Ollama runs on.
+        if existing.host_id != host_obj.id and existing.source == Endpoint.Source.AUTO:
+            # The sidecar on the machine says which machine this Ollama runs on; an operator's
+            # own (manual) registration is never moved by a report.
             Endpoint.objects.filter(id=existing.id).update(host=host_obj, revision=F("revision") + 1)
             signals.endpoints_changed.send(sender=Endpoint, ids=[existing.id])
             existing.refresh_from_db()
@@ -391,42 +395,181 @@ def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> bool
 
 
 def parse_report(data: object) -> SidecarReport:
+    """Validate a report body and refuse an Ollama URL the hub would not probe."""
     try:
-        return SidecarReport.model_validate(data)
+        report = SidecarReport.model_validate(data)
     except ValidationError as exc:
         raise RegistryError("invalid_report", validation_message(exc)) from None
+    check_report(report)
+    return report
 
 
-def record_report(report: SidecarReport, *, now: datetime | None = None) -> tuple[Host, Endpoint | None]:
-    """Store a sidecar's resource report; register its Ollama (source auto) when it names one."""
+def check_report(report: SidecarReport) -> None:
+    """Refuse (before anything is stored) a report whose Ollama the hub may not connect to."""
+    target = report.ollama_host_port()
+    if target is not None:
+        _allowed_spec(target[0], target[1], "")
+
+
+def record_report(report: SidecarReport, *, now: datetime | None = None) -> int | None:
+    """Store one sidecar report; return the id of its Ollama endpoint (None without one)."""
+    return record_reports([report], now=now)[0]
+
+
+def record_reports(
+    reports: Sequence[SidecarReport], *, token_ids: Iterable[int] = (), now: datetime | None = None
+) -> list[int | None]:
+    """Store a batch of checked reports in one transaction; return each one's endpoint id.
+
+    1. Per host the last report of the batch wins; its values become the host's latest, exactly.
+    2. A history row is written at most once per RESOURCE_HISTORY_SECONDS per host.
+    3. Dashboards are told only about hosts whose shown values changed (rounded as the page
+       shows them), plus a heartbeat every STALE_AFTER_SECONDS / 3 so no page thinks it stale.
+    4. An advertised Ollama is registered (source auto) when it is not yet known.
+    """
     now = now or timezone.now()
-    endpoint = None
+    latest: dict[str, SidecarReport] = {}
+    for report in reports:
+        latest.pop(report.host, None)  # keep arrival order: re-insert at the end
+        latest[report.host] = report
     with transaction.atomic():
-        target = report.ollama_host_port()
-        if target is not None:
-            endpoint, _ = register_endpoint(target[0], target[1], source=Endpoint.Source.AUTO, host=report.host)
-        host, _ = Host.objects.get_or_create(name=report.host)
-        snapshot = ResourceSnapshot.objects.create(
-            host=host,
-            cpu_percent=report.cpu_percent,
-            ram_used_bytes=report.ram_used_bytes,
-            ram_total_bytes=report.ram_total_bytes,
-            vram_used_bytes=report.vram_used_bytes,
-            vram_total_bytes=report.vram_total_bytes,
-            gpus=[g.model_dump() for g in report.gpus],
-            reported_at=now,
-        )
-        Host.objects.filter(id=host.id).update(latest_snapshot=snapshot, last_report_at=now, hostname=report.hostname)
-        signals.resources_changed.send(sender=Host, hosts=[host.name])
-    return host, endpoint
+        hosts = _hosts_named(latest)
+        announced, history = [], []
+        for name, report in latest.items():
+            host = hosts[name]
+            if _worth_announcing(host, report, now):
+                host.announced_at = now
+                announced.append(name)
+            _apply_report(host, report, now)
+            if host.history_at is None or (now - host.history_at).total_seconds() >= settings.RESOURCE_HISTORY_SECONDS:
+                host.history_at = now
+                history.append(_history_row(host, now))
+        Host.objects.bulk_update(hosts.values(), _HOST_REPORT_FIELDS)
+        if history:
+            ResourceSnapshot.objects.bulk_create(history)
+        endpoint_ids = _register_advertised(latest, hosts)
+        for token_id in token_ids:
+            note_token_use(token_id, now=now)
+        if announced:
+            signals.resources_changed.send(sender=Host, hosts=announced)
+    return [endpoint_ids.get(report.host) for report in reports]
+
+
+_HOST_REPORT_FIELDS = [
+    "hostname",
+    "last_report_at",
+    "cpu_percent",
+    "ram_used_bytes",
+    "ram_total_bytes",
+    "vram_used_bytes",
+    "vram_total_bytes",
+    "gpus",
+    "announced_at",
+    "history_at",
+]
+
+
+def _hosts_named(reports: dict[str, SidecarReport]) -> dict[str, Host]:
+    hosts = {h.name: h for h in Host.objects.filter(name__in=list(reports))}
+    missing = [name for name in reports if name not in hosts]
+    if missing:
+        Host.objects.bulk_create([Host(name=name) for name in missing], ignore_conflicts=True)
+        hosts.update({h.name: h for h in Host.objects.filter(name__in=missing)})
+    return hosts
+
+
+def _percent(used: int | None, total: int | None) -> int | None:
+    return None if used is None or not total else round(100 * used / total)
+
+
+def _shown(host: Host | SidecarReport, gpus: list[dict]) -> tuple:
+    """What the page shows of a host's resources: whole percents, totals, GPU names."""
+    return (
+        host.hostname,
+        None if host.cpu_percent is None else round(host.cpu_percent),
+        _percent(host.ram_used_bytes, host.ram_total_bytes),
+        host.ram_total_bytes,
+        _percent(host.vram_used_bytes, host.vram_total_bytes),
+        host.vram_total_bytes,
+        tuple(
+            (
+                g.get("index"),
+                g.get("name"),
+                _percent(g.get("memory_used_bytes"), g.get("memory_total_bytes")),
+                g.get("memory_total_bytes"),
+                None if g.get("utilization_percent") is None else round(g["utilization_percent"]),
+            )
+            for g in gpus
+        ),
+    )
+
+
+def _worth_announcing(host: Host, report: SidecarReport, now: datetime) -> bool:
+    if host.last_report_at is None or host.announced_at is None:
+        return True
+    if is_stale(host.last_report_at, now, settings.STALE_AFTER_SECONDS):
+        return True  # back from silence
+    if (now - host.announced_at).total_seconds() >= settings.STALE_AFTER_SECONDS / 3:
+        return True  # heartbeat: pages judge staleness from reported_at
+    return _shown(host, host.gpus or []) != _shown(report, [g.model_dump() for g in report.gpus])
+
+
+def _apply_report(host: Host, report: SidecarReport, now: datetime) -> None:
+    host.hostname = report.hostname
+    host.last_report_at = now
+    host.cpu_percent = report.cpu_percent
+    host.ram_used_bytes = report.ram_used_bytes
+    host.ram_total_bytes = report.ram_total_bytes
+    host.vram_used_bytes = report.vram_used_bytes
+    host.vram_total_bytes = report.vram_total_bytes
+    host.gpus = [g.model_dump() for g in report.gpus]
+
+
+def _history_row(host: Host, now: datetime) -> ResourceSnapshot:
+    return ResourceSnapshot(
+        host=host,
+        cpu_percent=host.cpu_percent,
+        ram_used_bytes=host.ram_used_bytes,
+        ram_total_bytes=host.ram_total_bytes,
+        vram_used_bytes=host.vram_used_bytes,
+        vram_total_bytes=host.vram_total_bytes,
+        gpus=host.gpus,
+        reported_at=now,
+    )
+
+
+def _register_advertised(reports: dict[str, SidecarReport], hosts: dict[str, Host]) -> dict[str, int]:
+    """Register the Ollama each report advertises, unless it is known on that host already."""
+    targets = {name: r.ollama_host_port() for name, r in reports.items() if r.ollama_url}
+    if not targets:
+        return {}
+    known = {
+        (address, port): (endpoint_id, host_id, source)
+        for endpoint_id, address, port, host_id, source in Endpoint.objects.filter(
+            address__in={address for address, _ in targets.values()}
+        ).values_list("id", "address", "port", "host_id", "source")
+    }
+    found: dict[str, int] = {}
+    for name, (address, port) in targets.items():
+        endpoint_id, host_id, source = known.get((address, port), (None, None, None))
+        if endpoint_id is not None and (host_id == hosts[name].id or source == Endpoint.Source.MANUAL):
+            found[name] = endpoint_id
+            continue
+        try:
+            with transaction.atomic():  # a savepoint: one odd registration must not fail the batch
+                endpoint, _ = register_endpoint(address, port, source=Endpoint.Source.AUTO, host=name)
+        except RegistryError as exc:  # checked before acceptance; only a settings change lands here
+            logger.warning("could not register %s:%s reported by %s: %s", address, port, name, exc.detail)
+            continue
+        found[name] = endpoint.id
+    return found
 
 
 def prune_snapshots(*, now: datetime | None = None) -> int:
-    """Delete resource history older than the retention window (latest per host is kept)."""
+    """Delete resource history older than the retention window (hosts keep their latest values)."""
     now = now or timezone.now()
     cutoff = now - timedelta(hours=settings.RESOURCE_RETENTION_HOURS)
-    keep = Host.objects.exclude(latest_snapshot=None).values("latest_snapshot_id")
-    deleted, _ = ResourceSnapshot.objects.filter(reported_at__lt=cutoff).exclude(id__in=keep).delete()
+    deleted, _ = ResourceSnapshot.objects.filter(reported_at__lt=cutoff).delete()
     return deleted
 
 
@@ -446,15 +589,15 @@ def endpoint_rows(ids: Iterable[int] | None = None) -> list[dict]:
 
 
 def host_resources(names: Iterable[str] | None = None, *, now: datetime | None = None) -> dict[str, dict | None]:
-    """Latest resources per host name (None for a host that never reported)."""
+    """Latest resources per host name (None for a host that never reported), in one query."""
     now = now or timezone.now()
-    qs = Host.objects.select_related("latest_snapshot")
+    qs = Host.objects.filter(last_report_at__isnull=False)
     if names is not None:
         names = list(names)
         qs = qs.filter(name__in=names)
-    found = {h.name: resources_row(h, now) for h in qs}
+    found = {values["name"]: resources_row(values, now) for values in qs.values(*RESOURCE_FIELDS)}
     if names is None:
-        return {name: row for name, row in found.items() if row is not None}
+        return found
     return {name: found.get(name) for name in names}  # None tells a reader to drop the host
 
 
@@ -493,19 +636,61 @@ def create_token(scope: str, label: str) -> tuple[Token, str]:
     return token, raw
 
 
-def authenticate_token(raw: str, *, now: datetime | None = None) -> Token | None:
-    """Return the active token for `raw`, recording its use (at most once a minute)."""
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What a request needs to know of its token (cached in memory, never the raw value)."""
+
+    id: int
+    scope: str
+    label: str
+
+
+_token_cache: dict[str, tuple[float, TokenInfo | None]] = {}
+_token_used: dict[int, float] = {}  # token id -> when its last_used_at was last written (monotonic)
+_TOKEN_CACHE_MAX = 10_000
+
+
+def cached_token(raw: str) -> tuple[bool, TokenInfo | None]:
+    """(hit, token) from this process's cache, without touching the database."""
+    entry = _token_cache.get(Token.hash(raw)) if raw and len(raw) <= 200 else (math.inf, None)
+    if entry is None or entry[0] < time.monotonic():
+        return False, None
+    return True, entry[1]
+
+
+def authenticate_token(raw: str, *, record_use: bool = True, now: datetime | None = None) -> TokenInfo | None:
+    """Return the active token for `raw` (cached TOKEN_CACHE_SECONDS), recording its use."""
     if not raw or len(raw) > 200:
         return None
-    token = Token.objects.filter(token_hash=Token.hash(raw), revoked_at__isnull=True).first()
-    if token is None:
-        return None
-    now = now or timezone.now()
-    if token.last_used_at is None or now - token.last_used_at > timedelta(seconds=60):
-        Token.objects.filter(id=token.id).update(last_used_at=now)
-        token.last_used_at = now
-    return token
+    hit, info = cached_token(raw)
+    if not hit:
+        digest = Token.hash(raw)
+        row = Token.objects.filter(token_hash=digest, revoked_at__isnull=True).values("id", "scope", "label").first()
+        info = TokenInfo(**row) if row else None
+        if len(_token_cache) >= _TOKEN_CACHE_MAX:
+            _token_cache.clear()  # a flood of made-up tokens must not grow memory
+        _token_cache[digest] = (time.monotonic() + settings.TOKEN_CACHE_SECONDS, info)
+    if info is not None and record_use:
+        note_token_use(info.id, now=now)
+    return info
+
+
+def note_token_use(token_id: int, *, now: datetime | None = None) -> None:
+    """Record that a token was used (written at most once a minute per token and process)."""
+    if time.monotonic() - _token_used.get(token_id, -math.inf) < 60:
+        return
+    _token_used[token_id] = time.monotonic()
+    Token.objects.filter(id=token_id).update(last_used_at=now or timezone.now())
 
 
 def revoke_tokens(ids: Iterable[int], *, now: datetime | None = None) -> int:
-    return Token.objects.filter(id__in=list(ids), revoked_at__isnull=True).update(revoked_at=now or timezone.now())
+    """Revoke tokens: at once in this process, within TOKEN_CACHE_SECONDS in the others."""
+    count = Token.objects.filter(id__in=list(ids), revoked_at__isnull=True).update(revoked_at=now or timezone.now())
+    forget_cached_tokens()
+    return count
+
+
+def forget_cached_tokens() -> None:
+    """Drop this process's token cache (after a revocation; between tests)."""
+    _token_cache.clear()
+    _token_used.clear()

@@ -21,6 +21,12 @@ def _user(username: str, *, staff: bool, perms: list[str]) -> User:
     return user
 
 
+@pytest.fixture(autouse=True)
+def _fresh_token_cache():
+    """Token ids repeat between tests (rolled back); a cached token must not leak into the next."""
+    services.forget_cached_tokens()
+
+
 @pytest.fixture
 def operator(db) -> User:
     """Staff who may add and remove endpoints."""

@@ -11,6 +11,8 @@ os.environ.setdefault("AGENTCOM_CHANNEL_PREFIX", f"test-{uuid.uuid4().hex[:8]}")
 os.environ.setdefault("AGENTCOM_CELERY_QUEUE", os.environ["AGENTCOM_CHANNEL_PREFIX"])
 os.environ.setdefault("PROBE_ON_REGISTER", "false")
 os.environ.setdefault("PROBE_TIMEOUT_SECONDS", "1")
+# Every report leaves a history row in tests (tests of sampling set their own interval).
+os.environ.setdefault("RESOURCE_HISTORY_SECONDS", "0")
 
 from agentcom_site.settings import *  # noqa: E402,F403
 

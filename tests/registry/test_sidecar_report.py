@@ -48,8 +48,8 @@ def test_report_with_ollama_url_registers_an_auto_endpoint_once(api, sidecar_tok
     body = report(ollama_url="http://10.0.0.7:11434")
     first = api.post(URL, body, sidecar_token).json()
     second = api.post(URL, body, sidecar_token).json()
-    assert first["endpoint"]["id"] == second["endpoint"]["id"]
     endpoint = Endpoint.objects.get()
+    assert first == second == {"host": "10.0.0.7", "endpoint_id": endpoint.id}
     assert (endpoint.host.name, endpoint.port, endpoint.source) == ("10.0.0.7", 11434, "auto")
     # The host is named after the Ollama URL's host, so endpoint and resources meet on the dashboard.
     snapshot = api.get("/api/v1/snapshot", admin_token).json()
@@ -120,9 +120,31 @@ def test_a_sidecar_naming_its_machine_gets_its_endpoint_and_resources_on_one_row
     assert snapshot["resources"][row["host"]]["cpu_percent"] == 41.5
 
 
-def test_a_manual_endpoint_reported_by_its_sidecar_moves_to_the_named_machine(api, sidecar_token, admin_token):
+def test_a_report_never_moves_a_manual_endpoint_to_another_machine(api, sidecar_token, admin_token):
     created = api.post("/api/v1/endpoints", {"host": "10.0.0.3"}, admin_token).json()
-    api.post(URL, report(host="gpu-03", ollama_url="http://10.0.0.3:11434"), sidecar_token)
+    reply = api.post(URL, report(host="gpu-03", ollama_url="http://10.0.0.3:11434"), sidecar_token).json()
+    assert reply == {"host": "gpu-03", "endpoint_id": created["id"]}
     row = api.get(f"/api/v1/endpoints/{created['id']}", admin_token).json()
-    assert (row["host"], row["source"]) == ("gpu-03", "manual")
-    assert row["revision"] > created["revision"]
+    assert (row["host"], row["source"], row["revision"]) == ("10.0.0.3", "manual", created["revision"])
+
+
+def test_an_auto_endpoint_follows_the_machine_its_sidecar_names(api, sidecar_token, admin_token):
+    api.post(URL, report(ollama_url="http://10.0.0.4:11434"), sidecar_token)
+    api.post(URL, report(host="gpu-04", ollama_url="http://10.0.0.4:11434"), sidecar_token)
+    row = api.get("/api/v1/endpoints", admin_token).json()[0]
+    assert (row["host"], row["address"], row["source"]) == ("gpu-04", "10.0.0.4", "auto")
+
+
+def test_the_latest_values_are_the_last_report_while_history_is_sampled(api, sidecar_token, admin_token, settings):
+    settings.RESOURCE_HISTORY_SECONDS = 3600
+    for cpu in (10, 20, 30):
+        assert api.post(URL, report(cpu_percent=cpu), sidecar_token).status_code == 200
+    assert api.get("/api/v1/snapshot", admin_token).json()["resources"]["gpu-01.lan"]["cpu_percent"] == 30
+    assert list(ResourceSnapshot.objects.values_list("cpu_percent", flat=True)) == [10]
+
+
+def test_unknown_api_routes_and_methods_answer_json(api, admin_token):
+    missing = api.get("/api/v1/no-such-thing", admin_token)
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong = api.client.put("/api/v1/snapshot", HTTP_AUTHORIZATION=f"Bearer {admin_token}")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"

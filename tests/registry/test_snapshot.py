@@ -19,9 +19,9 @@ def make_fleet(n: int) -> None:
     EndpointModel.objects.bulk_create(
         [EndpointModel(endpoint=e, name=name) for e in endpoints for name in ("llama3", f"m{e.id % 3}")]
     )
-    for host in hosts:
-        snap = ResourceSnapshot.objects.create(host=host, cpu_percent=5, ram_used_bytes=1, ram_total_bytes=2)
-        Host.objects.filter(id=host.id).update(latest_snapshot=snap)
+    Host.objects.filter(id__in=[h.id for h in hosts]).update(
+        last_report_at=timezone.now(), cpu_percent=5, ram_used_bytes=1, ram_total_bytes=2
+    )
 
 
 def queries_for_snapshot() -> tuple[int, dict]:
@@ -60,11 +60,13 @@ def test_a_silent_host_shows_as_stale(db, settings):
     assert services.build_snapshot()["resources"]["gpu-01"]["stale"] is False
 
 
-def test_retention_prunes_old_reports_but_keeps_each_hosts_latest(db, settings):
+def test_retention_prunes_old_history_but_each_host_keeps_its_latest_values(db, settings):
     report = SidecarReport(hostname="gpu-01", cpu_percent=10, ram_used_bytes=1, ram_total_bytes=2)
     old = timezone.now() - timedelta(hours=settings.RESOURCE_RETENTION_HOURS + 1)
     services.record_report(report, now=old)
-    services.record_report(report, now=old + timedelta(seconds=10))
-    assert services.prune_snapshots() == 1
+    services.record_report(report, now=old + timedelta(seconds=settings.RESOURCE_HISTORY_SECONDS))
+    services.record_report(report)
+    assert ResourceSnapshot.objects.count() == 3
+    assert services.prune_snapshots() == 2
     assert ResourceSnapshot.objects.count() == 1
-    assert services.build_snapshot()["resources"]["gpu-01"] is not None
+    assert services.build_snapshot()["resources"]["gpu-01"]["cpu_percent"] == 10

@@ -15,11 +15,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): requirements.txt | $(PY)
+$(STAMP): requirements.txt sidecar/pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $@
 
-$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+$(DEV_STAMP): requirements.txt requirements-dev.txt sidecar/pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $(STAMP) $@
 

@@ -1,13 +1,14 @@
 """Sidecar agent: report this host's resources and its local Ollama to the hub.
 
-Runs on GPU hosts with only httpx + psutil (+ nvidia-ml-py when present); imports no Django.
+Runs on GPU hosts with only httpx + psutil + pydantic (+ nvidia-ml-py when present); imports no Django.
 
-    AGENTCOM_TOKEN=... python -m registry.sidecar --hub https://hub.example:8000
+    AGENTCOM_TOKEN=... agentcom-sidecar --hub https://hub.example:8000
 """
 
 from __future__ import annotations
 
 import argparse
+import email.utils
 import ipaddress
 import json
 import logging
@@ -19,6 +20,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,9 +30,9 @@ import httpx
 import psutil
 from pydantic import ValidationError
 
-from registry.schemas import DEFAULT_OLLAMA_PORT, SidecarReport, host_for_url, split_host
+from agentcom_sidecar.report import DEFAULT_OLLAMA_PORT, SidecarReport, host_for_url, split_host
 
-logger = logging.getLogger("registry.sidecar")
+logger = logging.getLogger(__name__)
 
 REPORT_PATH = "/api/v1/sidecar/report"
 HUB_TIMEOUT_SECONDS = 10.0
@@ -37,6 +40,10 @@ HUB_TIMEOUT_SECONDS = 10.0
 OLLAMA_TIMEOUT_SECONDS = 2.0
 TOKEN_ENV = "AGENTCOM_TOKEN"
 GPU_NAME_MAX_CHARS = 200
+# Backoff while the hub is unreachable: full jitter up to this many seconds (--max-backoff).
+DEFAULT_MAX_BACKOFF_SECONDS = 60.0
+# A Retry-After from the hub is honoured up to this: a misconfigured hub must not silence a fleet for hours.
+RETRY_AFTER_MAX_SECONDS = 300.0
 
 EXIT_OK = 0
 EXIT_HUB_UNREACHABLE = 1
@@ -198,10 +205,27 @@ def build_report(
 
 @dataclass(frozen=True)
 class SendResult:
-    """What the hub made of one report: ok, down (retry later), auth or rejected."""
+    """What the hub made of one report: ok, busy or down (retry later), auth or rejected."""
 
     outcome: str
     detail: str = ""
+    retry_after: float | None = None  # seconds the hub asked us to wait (busy only)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Return the wait a Retry-After header asks for (delay-seconds or HTTP-date), capped; None if unusable."""
+    text = (value or "").strip()
+    if text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -230,18 +254,26 @@ def send_report(client: httpx.Client, hub: str, token: str, report: dict[str, An
         return SendResult("ok")
     if status in (401, 403):
         return SendResult("auth", f"HTTP {status}: {_error_detail(response)}")
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if status in (429, 503) and retry_after is not None:
+        # The hub is up but over capacity and said when to come back.
+        return SendResult("busy", f"HTTP {status}: {_error_detail(response)}", retry_after)
     if status >= 500 or status in (408, 429):
         return SendResult("down", f"HTTP {status}")
     return SendResult("rejected", f"HTTP {status}: {_error_detail(response)}")
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter: uniform(0, min(cap, base * 2**n))."""
+    """Capped exponential backoff with full jitter: uniform(0, min(cap, base * 2**n)).
+
+    When the hub sent Retry-After, the delay is that wait plus the jitter, and the jitter window is at
+    least half the wait: a fleet told "come back in 10 s" returns spread over 10-15 s, not in step.
+    """
 
     def __init__(
         self,
         base: float = 1.0,
-        cap: float = 60.0,
+        cap: float = DEFAULT_MAX_BACKOFF_SECONDS,
         rng: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.base = base
@@ -254,9 +286,13 @@ class Backoff:
         # min() on the exponent keeps 2**n from growing without bound during a long outage.
         return min(self.cap, self.base * 2 ** min(self.attempt, 32))
 
-    def next_delay(self) -> float:
-        """Return the next delay in seconds and move one step up."""
-        delay = self.rng(0.0, self.ceiling())
+    def next_delay(self, retry_after: float | None = None) -> float:
+        """Return the next delay in seconds (at least `retry_after`) and move one step up."""
+        if retry_after is None:
+            delay = self.rng(0.0, self.ceiling())
+        else:
+            wait = min(max(retry_after, 0.0), RETRY_AFTER_MAX_SECONDS)
+            delay = wait + self.rng(0.0, max(self.ceiling(), wait / 2))
         self.attempt += 1
         return delay
 
@@ -357,10 +393,13 @@ class Reporter:
             if self.hub_state == "starting":
                 logger.info("reporting to %s", self.args.hub)
             else:
-                logger.info("hub reachable again; reports are accepted")
+                logger.info("hub accepts reports again")
         elif result.outcome == "down":
             retry = "" if self.args.once else " (retrying with backoff)"
             logger.warning("hub unreachable: %s%s", result.detail, retry)
+        elif result.outcome == "busy":
+            retry = "" if self.args.once else f" (retrying after at least {result.retry_after:g} s, as it asks)"
+            logger.warning("hub overloaded: %s%s", result.detail, retry)
         elif result.outcome == "rejected":
             logger.error("hub rejected the report: %s", result.detail)
         else:
@@ -375,13 +414,14 @@ def _exit_code(result: SendResult) -> int:
     return {
         "ok": EXIT_OK,
         "down": EXIT_HUB_UNREACHABLE,
+        "busy": EXIT_HUB_UNREACHABLE,
         "auth": EXIT_AUTH,
         "rejected": EXIT_REJECTED,
     }[result.outcome]
 
 
 def _loop(reporter: Reporter, args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep) -> int:
-    backoff = Backoff()
+    backoff = Backoff(cap=args.max_backoff)
     build_error = ""
     while True:
         started = time.monotonic()
@@ -397,8 +437,8 @@ def _loop(reporter: Reporter, args: argparse.Namespace, sleep: Callable[[float],
         result = reporter.send(report)
         if result.outcome == "auth":
             return EXIT_AUTH
-        if result.outcome == "down":
-            sleep(backoff.next_delay())
+        if result.outcome in ("down", "busy"):
+            sleep(backoff.next_delay(result.retry_after))
             continue
         backoff.reset()
         sleep(max(0.0, args.interval - (time.monotonic() - started)))
@@ -470,18 +510,25 @@ def _positive_seconds(value: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
     if not 0 < seconds <= 86400:
-        raise argparse.ArgumentTypeError("interval must be between 0 and 86400 seconds")
+        raise argparse.ArgumentTypeError(f"{value!r} is not between 0 and 86400 seconds")
     return seconds
+
+
+def _version() -> str:
+    try:
+        return version("agentcom-sidecar")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m registry.sidecar",
+        prog="agentcom-sidecar",
         description="Report this host's CPU/RAM/VRAM and its local Ollama to the LLM registry hub. "
         f"The sidecar token comes from ${TOKEN_ENV} or --token-file.",
     )
-    parser.add_argument("--hub", required=True, type=_http_url, help="hub base URL")
+    parser.add_argument("--hub", type=_http_url, help="hub base URL (required, except with --dry-run)")
     parser.add_argument(
         "--ollama-url",
         default="http://127.0.0.1:11434",
@@ -498,6 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--once", action="store_true", help="send one report and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the report as JSON and exit (no token)")
     parser.add_argument("--token-file", help="file holding the sidecar token")
+    parser.add_argument(
+        "--max-backoff",
+        type=_positive_seconds,
+        default=DEFAULT_MAX_BACKOFF_SECONDS,
+        help="longest random wait between retries while the hub is unreachable (default %(default)g s); "
+        f"a Retry-After from the hub is waited out on top, up to {RETRY_AFTER_MAX_SECONDS:g} s",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
@@ -514,8 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.hub is None and not args.dry_run:
+        parser.error("--hub is required (except with --dry-run)")
     # A loopback address means something to the hub only when the hub runs on this machine too.
-    if args.advertise_url and is_local_name(split_host(args.advertise_url)[0]):
+    if args.hub and args.advertise_url and is_local_name(split_host(args.advertise_url)[0]):
         if not is_local_name(split_host(args.hub)[0]):
             parser.error(
                 f"--advertise-url {args.advertise_url} names this machine only; give a name or address the hub can reach"
@@ -533,7 +590,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

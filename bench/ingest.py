@@ -199,7 +199,7 @@ async def main_async(args, hub: Hub, tokens: list[str], cookie: str, watch: Swee
         wall = time.monotonic() - t0
         after = {name: cpu_seconds(pids[name]) for name in ("daphne", "worker")}
         offset += len(raw["outcomes"])
-        for status, at, _, body in sorted(raw["outcomes"], key=lambda o: o[1]):
+        for _status, _at, _, body in sorted(raw["outcomes"], key=lambda o: o[1]):
             if body is not None:
                 acked[body["host"]] = body
         row = summarise(rate, args.seconds, raw, watch, screen, before, after, wall)

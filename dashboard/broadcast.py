@@ -26,6 +26,7 @@ from registry import services
 logger = logging.getLogger(__name__)
 
 GROUP = "llm_registry"
+IDLE_CLOSE_SECONDS = 2.0
 EVENT_TYPE = "registry.changed"  # handled by DashboardConsumer.registry_changed
 
 
@@ -48,6 +49,11 @@ class Publisher:
         """A forked child (Celery prefork) starts with its own state, thread and loop."""
         self.__init__()
 
+    def discard(self) -> None:
+        """Forget everything pending (the test suite, before it drops its database)."""
+        with self.lock:
+            self._take()
+
     def add(self, *, changed=(), removed=(), hosts=(), checked=None) -> None:
         with self.lock:
             self.changed.update(changed)
@@ -65,12 +71,18 @@ class Publisher:
         self.changed, self.removed, self.hosts, self.checked = set(), set(), set(), {}
         return batch
 
+    def _pending(self) -> bool:
+        return bool(self.changed or self.removed or self.hosts or self.checked)
+
     def _run(self) -> None:
         interval = 1.0 / settings.PUBLISH_MAX_EVENTS_PER_SECOND
         while True:
             with self.lock:
-                while not (self.changed or self.removed or self.hosts or self.checked):
-                    self.wake.wait()
+                if not self._pending() and not self.wake.wait_for(self._pending, timeout=IDLE_CLOSE_SECONDS):
+                    # Idle: give the database connection back (tests drop their database; a busy
+                    # publisher keeps it, so a burst does not reconnect on every flush).
+                    connection.close()
+                    self.wake.wait_for(self._pending)
             # Leading edge: an isolated change goes out at once; a burst waits out the interval.
             time.sleep(max(0.0, self.last_flush + interval - time.monotonic()))
             self.flush()
@@ -87,10 +99,9 @@ class Publisher:
                 self._send(build_event(changed, removed, hosts, checked))
             except Exception:  # a database or Redis hiccup must not kill the publisher thread
                 logger.warning("could not publish a registry event", exc_info=True)
-            finally:
-                # This thread's own connection; closing it keeps no idle connection (or test
-                # database) held open between bursts.
                 connection.close()
+            if not connection.settings_dict.get("CONN_MAX_AGE"):
+                connection.close()  # no persistent connections wanted (the tests)
 
     def _send(self, data: dict) -> None:
         layer = get_channel_layer()

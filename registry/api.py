@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
 from django.http import HttpRequest
@@ -105,7 +106,8 @@ def _http_error(request, exc: HttpError):
 
 @api.exception_handler(RequestDataTooBig)
 def _too_big(request, exc):
-    return _error(request, "too_large", "the request body is larger than 64 KiB.", 413)
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 1024
+    return _error(request, "too_large", f"the request body is larger than {limit} KiB.", 413)
 
 
 @api.exception_handler(OperationalError)
@@ -167,10 +169,19 @@ def list_endpoints(request):
     return services.endpoint_rows()
 
 
-@api.post("/endpoints", auth=admin_auth, response={201: EndpointOut, **ERRORS}, tags=["endpoints"])
-def create_endpoint(request, payload: EndpointIn):
-    """Register an Ollama endpoint (host or URL, port, optional name); it is probed at once."""
+@api.post(
+    "/endpoints",
+    auth=admin_auth,
+    response={201: EndpointOut | list[EndpointOut], **ERRORS},
+    tags=["endpoints"],
+)
+def create_endpoint(request, payload: EndpointIn | list[EndpointIn]):
+    """Register an Ollama endpoint (host or URL, port, optional name), or a list of up to 1,000
+    at once (all or nothing: one bad or duplicate entry registers none); probed at once."""
     _require_perm(request, "registry.add_endpoint")
+    if isinstance(payload, list):
+        ids = services.register_endpoints([(p.address, p.port, p.name) for p in payload])
+        return Status(201, services.endpoint_rows(ids))
     endpoint, _ = services.register_endpoint(payload.address, payload.port, payload.name)
     return Status(201, services.endpoint_rows([endpoint.id])[0])
 

@@ -12,7 +12,7 @@ known token skips Django's request machinery:
 3. The reply is sent after the batch commits, so a 200 means stored: nothing acknowledged is lost
    if a process dies afterwards.
 
-Anything else (no or bad token, bad JSON, invalid body, a body over 64 KiB) is passed on to the
+Anything else (no or bad token, bad JSON, invalid body, a body over the API's size limit) goes to the
 REST route in django-ninja unchanged, so every error answer has one implementation. Over
 capacity (queue full, or a report not written within REPORT_MAX_WAIT_SECONDS) the answer is a
 quick 503 `overloaded` with Retry-After, and that report is not stored.
@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from registry import services
 from registry.models import Token
-from registry.schemas import MAX_BODY_BYTES, SidecarReport
+from registry.schemas import SidecarReport
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class ReportWriter:
                 item.future.set_exception(Overloaded("the hub could not store the report; retry later."))
             return
         logger.debug("stored %d reports in %.1f ms", len(batch), 1000 * (time.monotonic() - started))
+        _release_connection()
         for item, endpoint_id in zip(batch, ids, strict=True):
             item.future.set_result(endpoint_id)
 
@@ -138,8 +139,9 @@ class ReportRoute:
         if scope["type"] != "http" or scope["path"] != REPORT_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        body, more = await _read_body(receive, MAX_BODY_BYTES)
-        accepted = None if more or len(body) > MAX_BODY_BYTES else await _accept(scope, body)
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        body, more = await _read_body(receive, limit)
+        accepted = None if more or len(body) > limit else await _accept(scope, body)
         if accepted is None:
             await self.app(scope, _replay(body, more, receive), send)
             return
@@ -159,7 +161,7 @@ async def _accept(scope, body: bytes) -> tuple[SidecarReport, int] | None:
         return None
     hit, token = services.cached_token(raw)
     if not hit:
-        token = await sync_to_async(services.authenticate_token, thread_sensitive=False)(raw, record_use=False)
+        token = await sync_to_async(_lookup_token, thread_sensitive=False)(raw)
     if token is None or token.scope not in REPORT_SCOPES:
         return None
     try:
@@ -168,6 +170,19 @@ async def _accept(scope, body: bytes) -> tuple[SidecarReport, int] | None:
     except (ValidationError, services.RegistryError, ValueError):
         return None
     return report, token.id
+
+
+def _lookup_token(raw: str) -> services.TokenInfo | None:
+    try:
+        return services.authenticate_token(raw, record_use=False)
+    finally:
+        _release_connection()
+
+
+def _release_connection() -> None:
+    """Close this thread's connection unless connections are meant to persist (CONN_MAX_AGE)."""
+    if not connection.settings_dict.get("CONN_MAX_AGE"):
+        connection.close()
 
 
 def _bearer(scope) -> str | None:

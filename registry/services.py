@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from registry import ollama, signals
 from registry.models import Endpoint, EndpointModel, Host, ResourceSnapshot, Token
 from registry.rows import RESOURCE_FIELDS, endpoint_row, resources_row
-from registry.schemas import EndpointIn, SidecarReport
+from registry.schemas import EndpointIn, SidecarReport, host_for_url
 from registry.status import is_stale, next_status
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,56 @@ def register_endpoint(
             signals.endpoints_changed.send(sender=Endpoint, ids=[existing.id])
             existing.refresh_from_db()
     return existing, False
+
+
+MAX_BULK_ENDPOINTS = 1000
+
+
+def register_endpoints(entries: Sequence[tuple[object, object, object]]) -> list[int]:
+    """Register many manual endpoints in one transaction, all or nothing; return their ids.
+
+    Every entry is checked first (shape, allowed networks, duplicates in the list or in the
+    registry); the first problem is reported with its position and nothing is registered.
+    """
+    if not entries:
+        raise RegistryError("invalid_endpoint", "the list is empty; send at least one endpoint.")
+    if len(entries) > MAX_BULK_ENDPOINTS:
+        raise RegistryError("too_many", f"at most {MAX_BULK_ENDPOINTS} endpoints per request ({len(entries)} sent).")
+    specs = []
+    for index, entry in enumerate(entries):
+        try:
+            specs.append(_allowed_spec(*entry))
+        except RegistryError as exc:
+            raise RegistryError(exc.code, f"entry {index}: {exc.detail}", status_code=exc.status_code) from None
+    seen: dict[tuple[str, int], int] = {}
+    for index, spec in enumerate(specs):
+        key = (spec.address, spec.port)
+        if key in seen:
+            raise RegistryError("duplicate", f"entries {seen[key]} and {index} are both {_url(*key)}.")
+        seen[key] = index
+    with transaction.atomic():
+        taken = Endpoint.objects.filter(address__in={a for a, _ in seen}).values_list("address", "port", "id")
+        for address, port, endpoint_id in taken:
+            if (address, port) in seen:
+                raise RegistryError(
+                    "already_registered",
+                    f"entry {seen[(address, port)]}: {_url(address, port)} is already registered "
+                    f"(endpoint {endpoint_id}).",
+                    status_code=409,
+                )
+        Host.objects.bulk_create([Host(name=a) for a in {s.address for s in specs}], ignore_conflicts=True)
+        hosts = dict(Host.objects.filter(name__in={s.address for s in specs}).values_list("name", "id"))
+        created = Endpoint.objects.bulk_create(
+            [Endpoint(host_id=hosts[s.address], address=s.address, port=s.port, name=s.name) for s in specs]
+        )
+        ids = [e.id for e in created]  # SQLite and PostgreSQL both return ids from a bulk insert
+        signals.endpoints_changed.send(sender=Endpoint, ids=ids)
+        transaction.on_commit(lambda: _probe_soon(ids))
+    return ids
+
+
+def _url(address: str, port: int) -> str:
+    return f"http://{host_for_url(address)}:{port}"
 
 
 def update_endpoint(endpoint_id: int, *, port: object = None, name: object = None) -> Endpoint:
@@ -440,7 +490,12 @@ def check_report(report: SidecarReport) -> None:
     """Refuse (before anything is stored) a report whose Ollama the hub may not connect to."""
     target = report.ollama_host_port()
     if target is not None:
-        _allowed_spec(target[0], target[1], "")
+        _check_advertised(*target, settings.REGISTRY_ALLOWED_NETWORKS)
+
+
+@lru_cache(maxsize=4096)  # every report of a host names the same Ollama
+def _check_advertised(address: str, port: int, networks: str) -> None:
+    _allowed_spec(address, port, "")
 
 
 def record_report(report: SidecarReport, *, now: datetime | None = None) -> int | None:
@@ -584,30 +639,42 @@ def _history_row(host: Host, now: datetime) -> ResourceSnapshot:
 
 
 def _register_advertised(reports: dict[str, SidecarReport], hosts: dict[str, Host]) -> dict[str, int]:
-    """Register the Ollama each report advertises, unless it is known on that host already."""
+    """Register (source auto, in bulk) the Ollama each report advertises; return host -> endpoint id.
+
+    An auto endpoint follows the machine its sidecar names; a manual one is never moved.
+    """
     targets = {name: r.ollama_host_port() for name, r in reports.items() if r.ollama_url}
     if not targets:
         return {}
-    known = {
-        (address, port): (endpoint_id, host_id, source)
-        for endpoint_id, address, port, host_id, source in Endpoint.objects.filter(
-            address__in={address for address, _ in targets.values()}
-        ).values_list("id", "address", "port", "host_id", "source")
-    }
-    found: dict[str, int] = {}
-    for name, (address, port) in targets.items():
-        endpoint_id, host_id, source = known.get((address, port), (None, None, None))
-        if endpoint_id is not None and (host_id == hosts[name].id or source == Endpoint.Source.MANUAL):
-            found[name] = endpoint_id
-            continue
-        try:
-            with transaction.atomic():  # a savepoint: one odd registration must not fail the batch
-                endpoint, _ = register_endpoint(address, port, source=Endpoint.Source.AUTO, host=name)
-        except RegistryError as exc:  # checked before acceptance; only a settings change lands here
-            logger.warning("could not register %s:%s reported by %s: %s", address, port, name, exc.detail)
-            continue
-        found[name] = endpoint.id
-    return found
+
+    def known() -> dict[tuple[str, int], tuple[int, int, str]]:
+        rows = Endpoint.objects.filter(address__in={address for address, _ in targets.values()})
+        return {
+            (a, p): (i, h, src) for i, a, p, h, src in rows.values_list("id", "address", "port", "host_id", "source")
+        }
+
+    found = known()
+    new = [(name, address, port) for name, (address, port) in targets.items() if (address, port) not in found]
+    if new:
+        Endpoint.objects.bulk_create(
+            [Endpoint(host=hosts[n], address=a, port=p, source=Endpoint.Source.AUTO) for n, a, p in new],
+            ignore_conflicts=True,  # a concurrent registration of the same address won the race
+        )
+        found = known()
+    created = [found[(a, p)][0] for _, a, p in new if (a, p) in found]
+    moved = [
+        found[target][0]
+        for name, target in targets.items()
+        if target in found and found[target][1] != hosts[name].id and found[target][2] == Endpoint.Source.AUTO
+    ]
+    for endpoint_id in moved:
+        host_id = next(hosts[n].id for n, t in targets.items() if found[t][0] == endpoint_id)
+        Endpoint.objects.filter(id=endpoint_id).update(host_id=host_id, revision=F("revision") + 1)
+    if created or moved:
+        signals.endpoints_changed.send(sender=Endpoint, ids=created + moved)
+    if created:
+        transaction.on_commit(lambda: _probe_soon(created))
+    return {name: found[target][0] for name, target in targets.items() if target in found}
 
 
 def prune_snapshots(*, now: datetime | None = None) -> int:

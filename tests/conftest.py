@@ -21,6 +21,15 @@ def _user(username: str, *, staff: bool, perms: list[str]) -> User:
     return user
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_publishing_after_the_tests(django_db_setup):
+    """Events still pending when the suite ends would be published at exit against a dropped database."""
+    yield
+    from dashboard.broadcast import publisher
+
+    publisher.discard()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_token_cache():
     """Token ids repeat between tests (rolled back); a cached token must not leak into the next."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ DEFAULT_OLLAMA_PORT = 11434
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
 
 
+@lru_cache(maxsize=4096)  # pure; the hub calls it several times per report
 def split_host(raw: str, port: int | None = None) -> tuple[str, int | None]:
     """Normalise `raw` (a host, an IP literal or a URL) into (host, port-from-URL-or-`port`)."""
     text = (raw or "").strip()

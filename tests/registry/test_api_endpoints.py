@@ -128,8 +128,8 @@ def test_a_body_that_is_not_json_is_refused(api, admin_token):
     assert not Endpoint.objects.exists()
 
 
-def test_a_body_over_64_kib_is_refused(api, admin_token):
-    response = api.post(URL, {"host": "gpu-01", "name": "x" * 70_000}, admin_token)
+def test_a_body_over_256_kib_is_refused(api, admin_token):
+    response = api.post(URL, {"host": "gpu-01", "name": "x" * 270_000}, admin_token)
     assert response.status_code == 413
     assert response.json()["error"] == "too_large"
     assert not Endpoint.objects.exists()
@@ -191,3 +191,32 @@ def test_urls_with_port_zero_or_credentials_and_names_with_control_characters_ar
     assert response.status_code == 400
     assert words in response.json()["detail"]
     assert not Endpoint.objects.exists()
+
+
+def test_a_list_registers_every_endpoint_in_one_call(api, admin_token):
+    body = [{"host": f"127.0.7.{i}", "name": f"rack {i}"} for i in range(1, 6)] + [{"host": "gpu-09", "port": 11500}]
+    response = api.post(URL, body, admin_token)
+    assert response.status_code == 201, response.content
+    rows = response.json()
+    assert [(r["address"], r["port"], r["source"]) for r in rows][-1] == ("gpu-09", 11500, "manual")
+    assert Endpoint.objects.count() == 6
+    assert sorted(r["id"] for r in rows) == sorted(Endpoint.objects.values_list("id", flat=True))
+
+
+@pytest.mark.parametrize(
+    ("entries", "status", "words"),
+    [
+        ([{"host": "gpu-01"}, {"host": "gpu 02"}], 400, "host"),
+        ([{"host": "gpu-01"}, {"host": "http://gpu-01:11434"}], 400, "entries 0 and 1"),
+        ([{"host": "gpu-01"}, {"host": "8.8.8.8"}], 400, "entry 1"),
+        ([{"host": "gpu-01"}, {"host": "already"}], 409, "entry 1"),
+        ([{"host": f"gpu-{i}"} for i in range(1001)], 400, "at most 1000"),
+        ([], 400, "empty"),
+    ],
+)
+def test_a_list_with_one_bad_entry_registers_nothing(api, admin_token, entries, status, words):
+    services.register_endpoint("already")
+    response = api.post(URL, entries, admin_token)
+    assert response.status_code == status, response.content
+    assert words in response.json()["detail"]
+    assert list(Endpoint.objects.values_list("address", flat=True)) == ["already"]

@@ -6,7 +6,8 @@ consumer validates browser frames with them; the tests check that what the API a
 consumer really send validates against them. On hot paths rows stay plain dicts
 (registry/rows.py builds them): nothing here runs per row or per frame sent.
 
-Incoming sidecar reports and the endpoint registration body live in registry.schemas.
+What clients send is validated elsewhere: the endpoint registration body in registry.schemas
+(reused here for the socket's register frame), sidecar reports in agentcom_sidecar.report.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from pathlib import Path
 import dj_database_url
 
 from agentcom_site.env import env_bool, env_float, env_int, env_list, env_str
+from registry.ollama import DEFAULT_ALLOWED_NETWORKS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(env_str("AGENTCOM_RUN_DIR", str(BASE_DIR / "run")))
@@ -163,10 +164,7 @@ TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0.0)
 REPORT_QUEUE_MAX = env_int("REPORT_QUEUE_MAX", 2000, minimum=1)
 # A report that could not be written within this time is refused with 503 (nothing stored).
 REPORT_MAX_WAIT_SECONDS = env_float("REPORT_MAX_WAIT_SECONDS", 2.0, minimum=0.1)
-REGISTRY_ALLOWED_NETWORKS = env_str(
-    "REGISTRY_ALLOWED_NETWORKS",
-    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7",
-)
+REGISTRY_ALLOWED_NETWORKS = env_str("REGISTRY_ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS)
 DASHBOARD_MAX_FRAMES_PER_SECOND = env_float("DASHBOARD_MAX_FRAMES_PER_SECOND", 4.0, minimum=0.5)
 PUBLISH_MAX_EVENTS_PER_SECOND = env_float("PUBLISH_MAX_EVENTS_PER_SECOND", 10.0, minimum=0.5)
 

@@ -12,9 +12,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from pydantic import ValidationError
 
 from dashboard.broadcast import GROUP
-from registry import services
+from registry import services, wire
 
 logger = logging.getLogger(__name__)
 
@@ -71,46 +72,48 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             await self.send_error('Frame must be a JSON object with a "type".')
             return
-        handler = {
-            "request_snapshot": self.on_request_snapshot,
-            "register_llm_endpoint": self.on_register,
-            "remove_llm_endpoint": self.on_remove,
-        }.get(frame["type"])
-        if handler is None:
+        command = self.COMMANDS.get(frame["type"])
+        if command is None:
             await self.send_error(f"Unknown frame type {frame['type'][:50]!r}.")
             return
+        handler, perm, action = command
+        if perm is not None and not await self.has_perm(perm):
+            await self.send_error(f"You may watch the registry but not {action} (needs {perm}).")
+            return
         try:
-            await handler(frame)
+            parsed = wire.BROWSER_FRAMES[frame["type"]].model_validate(frame)
+        except ValidationError as exc:
+            await self.send_error(services.validation_message(exc))
+            return
+        try:
+            await handler(self, parsed)
         except services.RegistryError as exc:
             await self.send_error(exc.detail)
         except Exception:  # keep the connection alive whatever one command did
             logger.exception("dashboard command %s failed", frame["type"])
             await self.send_error("The hub could not carry out that command; see its log.")
 
-    async def on_request_snapshot(self, frame: dict) -> None:
+    async def on_request_snapshot(self, frame: wire.RequestSnapshotFrame) -> None:
         await self.send_snapshot()
 
-    async def on_register(self, frame: dict) -> None:
-        if not await self.has_perm("registry.add_endpoint"):
-            await self.send_error("You may watch the registry but not add endpoints (needs registry.add_endpoint).")
-            return
-        endpoint = await database_sync_to_async(self._register)(
-            frame.get("host"), frame.get("port"), frame.get("name", "")
-        )
+    async def on_register(self, frame: wire.RegisterEndpointFrame) -> None:
+        endpoint = await database_sync_to_async(self._register)(frame.address, frame.port, frame.name)
         await self.send_json({"type": "llm_endpoint_registered", "endpoint": endpoint})
 
-    async def on_remove(self, frame: dict) -> None:
-        if not await self.has_perm("registry.delete_endpoint"):
-            await self.send_error(
-                "You may watch the registry but not remove endpoints (needs registry.delete_endpoint)."
-            )
-            return
-        removed = await database_sync_to_async(services.remove_endpoint)(frame.get("id"))
+    async def on_remove(self, frame: wire.RemoveEndpointFrame) -> None:
+        removed = await database_sync_to_async(services.remove_endpoint)(frame.id)
         await self.send_json({"type": "llm_endpoint_removed", "id": removed})
 
+    # frame type -> (handler, permission needed, what a viewer may not do); shapes: wire.BROWSER_FRAMES
+    COMMANDS = {
+        "request_snapshot": (on_request_snapshot, None, ""),
+        "register_llm_endpoint": (on_register, "registry.add_endpoint", "add endpoints"),
+        "remove_llm_endpoint": (on_remove, "registry.delete_endpoint", "remove endpoints"),
+    }
+
     @staticmethod
-    def _register(host, port, name) -> dict:
-        endpoint, _ = services.register_endpoint(host, port, name)
+    def _register(address: str, port: int, name: str) -> dict:
+        endpoint, _ = services.register_endpoint(address, port, name)
         return services.endpoint_rows([endpoint.id])[0]
 
     @database_sync_to_async

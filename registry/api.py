@@ -9,13 +9,14 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
 from django.http import HttpRequest
-from ninja import NinjaAPI, Schema, Status
+from ninja import Body, NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
 
 from registry import ingest, services
 from registry.models import Token
-from registry.schemas import EndpointIn, SidecarReport
+from registry.schemas import EndpointsIn, SidecarReport
+from registry.wire import EndpointRow, ErrorBody, Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ api = NinjaAPI(
 
 
 def _error(request, code: str, detail: str, status: int):
-    return api.create_response(request, {"error": code, "detail": detail}, status=status)
+    return api.create_response(request, {"error": code, "detail": detail}, status=status)  # wire.ErrorBody
 
 
 @api.exception_handler(services.RegistryError)
@@ -80,7 +81,7 @@ def _registry_error(request, exc: services.RegistryError):
 def _validation_error(request, exc: ValidationError):
     parts = []
     for err in exc.errors[:3]:
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "payload", "path", "query")]
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "payload", "path", "query", "one", "many")]
         msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
         if err.get("type") == "json_invalid":
             return _error(request, "invalid_json", "the request body is not valid JSON.", 400)
@@ -131,28 +132,9 @@ def _require_perm(request: HttpRequest, perm: str) -> None:
         raise HttpError(403, f"your account lacks the permission {perm}.")
 
 
-class EndpointOut(Schema):
-    id: int
-    host: str
-    address: str
-    port: int
-    name: str
-    url: str
-    source: str
-    status: str
-    last_error: str
-    consecutive_failures: int
-    latency_ms: int | None
-    version: str
-    last_checked_at: str | None
-    registered_at: str | None
-    revision: int
-    models: list[dict]
-
-
-class ErrorOut(Schema):
-    error: str
-    detail: str
+def errors(*statuses: int) -> dict[int, type[ErrorBody]]:
+    """The error statuses a route can answer, each with the `{"error", "detail"}` body."""
+    return dict.fromkeys(statuses, ErrorBody)
 
 
 class ReportOut(Schema):
@@ -160,40 +142,59 @@ class ReportOut(Schema):
     endpoint_id: int | None
 
 
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut}
+# Any route: 401 no, wrong or revoked credentials; 403 a sidecar token, or a session without the
+# permission; 503 the database busy or unreachable (with Retry-After).
+ANY_ROUTE = (401, 403, 503)
+ERRORS = errors(400, 401, 403, 404, 409, 413)
 
 
-@api.get("/endpoints", auth=admin_auth, response={200: list[EndpointOut], **ERRORS}, tags=["endpoints"])
+def _send(request, data, status: int = 200):
+    # Rows are plain dicts already in wire shape; the tests validate them against registry.wire,
+    # so a response is not rebuilt as thousands of pydantic objects per request.
+    return api.create_response(request, data, status=status)
+
+
+@api.get("/endpoints", auth=admin_auth, response={200: list[EndpointRow], **errors(*ANY_ROUTE)}, tags=["endpoints"])
 def list_endpoints(request):
     """List every registered endpoint with its status and models."""
-    return services.endpoint_rows()
+    return _send(request, services.endpoint_rows())
 
 
 @api.post(
     "/endpoints",
     auth=admin_auth,
-    response={201: EndpointOut | list[EndpointOut], **ERRORS},
+    response={201: EndpointRow | list[EndpointRow], **errors(400, *ANY_ROUTE, 409, 413)},
     tags=["endpoints"],
 )
-def create_endpoint(request, payload: EndpointIn | list[EndpointIn]):
+def create_endpoint(request, payload: Body[EndpointsIn]):
     """Register an Ollama endpoint (host or URL, port, optional name), or a list of up to 1,000
     at once (all or nothing: one bad or duplicate entry registers none); probed at once."""
     _require_perm(request, "registry.add_endpoint")
     if isinstance(payload, list):
         ids = services.register_endpoints([(p.address, p.port, p.name) for p in payload])
-        return Status(201, services.endpoint_rows(ids))
+        return _send(request, services.endpoint_rows(ids), 201)
     endpoint, _ = services.register_endpoint(payload.address, payload.port, payload.name)
-    return Status(201, services.endpoint_rows([endpoint.id])[0])
+    return _send(request, services.endpoint_rows([endpoint.id])[0], 201)
 
 
-@api.get("/endpoints/{endpoint_id}", auth=admin_auth, response={200: EndpointOut, **ERRORS}, tags=["endpoints"])
+@api.get(
+    "/endpoints/{endpoint_id}",
+    auth=admin_auth,
+    response={200: EndpointRow, **errors(400, *ANY_ROUTE, 404)},
+    tags=["endpoints"],
+)
 def get_endpoint(request, endpoint_id: int):
     """Read one endpoint."""
     services.get_endpoint(endpoint_id)
-    return services.endpoint_rows([endpoint_id])[0]
+    return _send(request, services.endpoint_rows([endpoint_id])[0])
 
 
-@api.delete("/endpoints/{endpoint_id}", auth=admin_auth, response={204: None, **ERRORS}, tags=["endpoints"])
+@api.delete(
+    "/endpoints/{endpoint_id}",
+    auth=admin_auth,
+    response={204: None, **errors(400, *ANY_ROUTE, 404)},
+    tags=["endpoints"],
+)
 def delete_endpoint(request, endpoint_id: int):
     """Remove an endpoint and its models."""
     _require_perm(request, "registry.delete_endpoint")
@@ -202,17 +203,20 @@ def delete_endpoint(request, endpoint_id: int):
 
 
 @api.get(
-    "/snapshot", auth=[TokenAuth(Token.Scope.ADMIN), UserSession()], response={200: dict, **ERRORS}, tags=["fleet"]
+    "/snapshot",
+    auth=[TokenAuth(Token.Scope.ADMIN), UserSession()],
+    response={200: Snapshot, **errors(*ANY_ROUTE)},
+    tags=["fleet"],
 )
 def snapshot(request):
     """The whole registry: endpoints, latest resources per host, fleet model summary."""
-    return services.build_snapshot()
+    return _send(request, services.build_snapshot())
 
 
 @api.post(
     "/sidecar/report",
     auth=TokenAuth(*ingest.REPORT_SCOPES),
-    response={200: ReportOut, **ERRORS, 503: ErrorOut},
+    response={200: ReportOut, **ERRORS, 503: ErrorBody},
     tags=["sidecar"],
 )
 def sidecar_report(request, payload: SidecarReport):

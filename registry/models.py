@@ -83,7 +83,11 @@ class Endpoint(models.Model):
 
     @property
     def url(self) -> str:
-        return f"http://{host_for_url(self.address)}:{self.port}"
+        return self.url_for(self.address, self.port)
+
+    @staticmethod
+    def url_for(address: str, port: int) -> str:
+        return f"http://{host_for_url(address)}:{port}"
 
 
 class EndpointModel(models.Model):

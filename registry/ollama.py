@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# The default of REGISTRY_ALLOWED_NETWORKS (settings reads it from here): loopback and private ranges.
 DEFAULT_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
 NOT_ALLOWED = "address not allowed"
 

@@ -6,7 +6,9 @@ re-exported here, so the hub validates exactly what the sidecar builds.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from agentcom_sidecar.report import (
     DEFAULT_OLLAMA_PORT,
@@ -21,6 +23,7 @@ __all__ = [
     "DEFAULT_OLLAMA_PORT",
     "MAX_BODY_BYTES",
     "EndpointIn",
+    "EndpointsIn",
     "GpuReport",
     "SidecarReport",
     "host_for_url",
@@ -75,3 +78,14 @@ class EndpointIn(BaseModel):
         self.address = address
         self.port = port or DEFAULT_OLLAMA_PORT
         return self
+
+
+def _one_or_many(value: object) -> str:
+    return "many" if isinstance(value, list) else "one"
+
+
+# The registration body: one endpoint, or a list of them (errors name only the shape sent).
+EndpointsIn = Annotated[
+    Annotated[EndpointIn, Tag("one")] | Annotated[list[EndpointIn], Tag("many")],
+    Discriminator(_one_or_many),
+]

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from registry import ollama, signals
 from registry.models import Endpoint, EndpointModel, Host, ResourceSnapshot, Token
-from registry.rows import RESOURCE_FIELDS, endpoint_row, resources_row
+from registry.rows import RESOURCE_FIELDS, resources_row
+from registry.rows import endpoint_rows as _endpoint_rows
 from registry.schemas import EndpointIn, SidecarReport, host_for_url
 from registry.status import is_stale, next_status
 
@@ -688,16 +689,9 @@ def prune_snapshots(*, now: datetime | None = None) -> int:
 # --- reading ---------------------------------------------------------------------------
 
 
-def _endpoint_queryset():
-    return Endpoint.objects.select_related("host").prefetch_related("models")
-
-
 def endpoint_rows(ids: Iterable[int] | None = None) -> list[dict]:
     """Rows for the given endpoints (all when ids is None), in a fixed number of queries."""
-    qs = _endpoint_queryset()
-    if ids is not None:
-        qs = qs.filter(id__in=list(ids))
-    return [endpoint_row(e) for e in qs]
+    return _endpoint_rows(ids)
 
 
 def host_resources(names: Iterable[str] | None = None, *, now: datetime | None = None) -> dict[str, dict | None]:

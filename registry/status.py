@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-HEALTHY = "healthy"
-UNHEALTHY = "unhealthy"
-UNKNOWN = "unknown"
+from registry.models import Endpoint
+
+Status = Endpoint.Status  # the one list of status strings
 
 
 def next_status(status: str, failures: int, ok: bool, unhealthy_after: int) -> tuple[str, int]:
@@ -17,10 +17,10 @@ def next_status(status: str, failures: int, ok: bool, unhealthy_after: int) -> t
     (unknown or healthy) before that.
     """
     if ok:
-        return HEALTHY, 0
+        return Status.HEALTHY, 0
     failures += 1
     if failures >= unhealthy_after:
-        return UNHEALTHY, failures
+        return Status.UNHEALTHY, failures
     return status, failures
 
 

@@ -6,7 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from registry.status import HEALTHY, UNHEALTHY, UNKNOWN, is_stale, next_status
+from registry.models import Endpoint
+from registry.status import is_stale, next_status
+
+HEALTHY, UNHEALTHY, UNKNOWN = Endpoint.Status.HEALTHY, Endpoint.Status.UNHEALTHY, Endpoint.Status.UNKNOWN
 
 CURRENT_TIME = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

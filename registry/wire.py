@@ -1,0 +1,204 @@
+"""What the hub sends and accepts on its wires: rows, the snapshot, WebSocket frames, error bodies.
+
+The one place where these shapes are written down (no Django imports). The REST API declares
+its responses with these models, so /api/v1/openapi.json documents them; the dashboard
+consumer validates browser frames with them; the tests check that what the API and the
+consumer really send validates against them. On hot paths rows stay plain dicts
+(registry/rows.py builds them): nothing here runs per row or per frame sent.
+
+What clients send is validated elsewhere: the endpoint registration body in registry.schemas
+(reused here for the socket's register frame), sidecar reports in agentcom_sidecar.report.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from registry.schemas import EndpointIn
+
+
+class _Out(BaseModel):
+    # Exact shapes: a key a row gains without this module knowing fails the contract tests.
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- rows ------------------------------------------------------------------------------
+
+
+class ModelEntry(_Out):
+    """A model an endpoint holds (from /api/tags) and whether it is loaded (from /api/ps)."""
+
+    name: str
+    digest: str
+    size: int = Field(description="bytes on disk")
+    family: str
+    parameter_size: str = Field(description='e.g. "8.0B"')
+    quantization: str = Field(description='e.g. "Q4_0"')
+    modified_at: datetime | None
+    loaded: bool
+    size_vram: int | None = Field(description="bytes in VRAM while loaded; null if unknown")
+    expires_at: datetime | None = Field(description="when Ollama unloads it; null if not loaded")
+
+
+class EndpointRow(_Out):
+    """One endpoint, as the REST API, the snapshot and the dashboard show it."""
+
+    id: int
+    host: str = Field(description="the machine (its resources are keyed by this name)")
+    address: str = Field(description="host name or IP the hub connects to; usually equal to host")
+    port: int
+    name: str = Field(description="display name, may be empty")
+    url: str = Field(description="http://address:port")
+    source: str = Field(description="manual (registered by a person) or auto (reported by a sidecar)")
+    status: str = Field(description="unknown until the first probe answers, then healthy or unhealthy")
+    last_error: str = Field(description="why the last probe failed; empty after a success")
+    consecutive_failures: int
+    latency_ms: int | None
+    version: str = Field(description="Ollama's version, from /api/version")
+    last_checked_at: datetime | None
+    registered_at: datetime | None
+    revision: int = Field(description="grows with every visible change; of two versions of a row keep the higher")
+    models: list[ModelEntry]
+
+
+class GpuEntry(_Out):
+    """One GPU of a host, as its sidecar reported it."""
+
+    index: int
+    name: str
+    memory_used_bytes: int
+    memory_total_bytes: int
+    utilization_percent: float | None
+
+
+class ResourcesRow(_Out):
+    """A host's latest resource report."""
+
+    host: str
+    hostname: str = Field(description="what the machine calls itself")
+    cpu_percent: float
+    ram_used_bytes: int
+    ram_total_bytes: int
+    vram_used_bytes: int | None = Field(description="summed over the GPUs; null without a GPU")
+    vram_total_bytes: int | None = Field(description="summed over the GPUs; null without a GPU")
+    gpus: list[GpuEntry]
+    reported_at: datetime
+    stale: bool = Field(description="silent for longer than stale_after_seconds: show unknown, not the numbers")
+
+
+FleetModels = dict[str, int]  # model name -> number of distinct hosts holding it, most widespread first
+
+
+class Snapshot(_Out):
+    """The whole registry (GET /api/v1/snapshot, and the dashboard's `snapshot` frame)."""
+
+    server_time: datetime
+    stale_after_seconds: int
+    endpoints: list[EndpointRow]
+    resources: dict[str, ResourcesRow] = Field(description="host name -> latest resources (hosts that reported)")
+    fleet_models: FleetModels = Field(description="model name -> number of distinct hosts, most widespread first")
+
+
+class ErrorBody(_Out):
+    """Every REST error: a stable code and a sentence naming the field."""
+
+    error: str = Field(description='stable code, e.g. "invalid_input", "not_found", "already_registered"')
+    detail: str = Field(description="a sentence a person can act on")
+
+
+# --- WebSocket frames, server -> browser --------------------------------------------------
+
+
+class SnapshotFrame(Snapshot):
+    """Sent on connect and in reply to `request_snapshot`."""
+
+    type: Literal["snapshot"]
+
+
+class RegistryUpdateFrame(_Out):
+    """What changed since the last frame (several changes may share one)."""
+
+    type: Literal["llm_registry_update"]
+    server_time: datetime
+    endpoints: list[EndpointRow] = Field(description="full rows of changed endpoints")
+    removed: list[int] = Field(description="ids of removed endpoints")
+    resources: dict[str, ResourcesRow | None] = Field(description="hosts whose resources changed; null: drop the host")
+    # Omitted (never null) when nothing that changes them changed.
+    fleet_models: FleetModels = Field(default=None, description="the new fleet summary; omitted when unchanged")
+    checked: dict[str, datetime] = Field(
+        default=None, description="endpoint id -> when an endpoint whose probe changed nothing was last probed"
+    )
+
+
+class EndpointRegisteredFrame(_Out):
+    """Reply to this browser's `register_llm_endpoint`."""
+
+    type: Literal["llm_endpoint_registered"]
+    endpoint: EndpointRow
+
+
+class EndpointRemovedFrame(_Out):
+    """Reply to this browser's `remove_llm_endpoint`."""
+
+    type: Literal["llm_endpoint_removed"]
+    id: int
+
+
+class EndpointErrorFrame(_Out):
+    """A refused or malformed command; the connection stays up."""
+
+    type: Literal["llm_endpoint_error"]
+    error: str = Field(description="a sentence a person can act on")
+
+
+# --- WebSocket frames, browser -> server (validated by the consumer) ----------------------
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class RequestSnapshotFrame(_In):
+    type: Literal["request_snapshot"]
+
+
+class RegisterEndpointFrame(EndpointIn):
+    """`{type, host, port?, name?}`: the same fields and checks as POST /api/v1/endpoints."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["register_llm_endpoint"]
+
+
+class RemoveEndpointFrame(_In):
+    type: Literal["remove_llm_endpoint"]
+    id: int
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _whole_number(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError("id must be a whole number")
+
+
+BROWSER_FRAMES: dict[str, type[BaseModel]] = {
+    "request_snapshot": RequestSnapshotFrame,
+    "register_llm_endpoint": RegisterEndpointFrame,
+    "remove_llm_endpoint": RemoveEndpointFrame,
+}
+SERVER_FRAMES: dict[str, type[BaseModel]] = {
+    "snapshot": SnapshotFrame,
+    "llm_registry_update": RegistryUpdateFrame,
+    "llm_endpoint_registered": EndpointRegisteredFrame,
+    "llm_endpoint_removed": EndpointRemovedFrame,
+    "llm_endpoint_error": EndpointErrorFrame,
+}

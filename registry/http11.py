@@ -28,8 +28,8 @@ merging, cookie extraction, auth and redirect hooks) is ~0.3 ms per request even
 transport, and aiohttp's connector ~0.5 ms per request here. Probes need none of that, so the
 default is `Http11Connection` (GET; Content-Length, chunked or until-close bodies; keep-alive
 across the three calls). Moving its parsing to httptools kept `bench/probe_sweep.py` where it
-was: CPU per 1,000 healthy probes at 1,000 endpoints, medians of 6 runs before and 5 after,
-interleaved on the loaded box, 0.35 s before, 0.29 s after (ranges 0.29-0.43 and 0.24-0.34 s).
+was: CPU per 1,000 healthy probes at 1,000 endpoints, median of 7 runs before and 6 after,
+interleaved on the loaded box, 0.34 s before, 0.29 s after (ranges 0.29-0.43 and 0.24-0.34 s).
 httpx stays the API at the seam: `httpx_connections(t)` sends probes through any httpx
 transport (httpx.MockTransport in tests, AiohttpTransport if the CPU budget ever allows).
 

@@ -98,7 +98,7 @@ def measure(n: int, folder: Path, timeout: float) -> dict:
 
         # 2. The probing alone, for CPU per probe and per-endpoint latencies.
         targets = [ollama.ProbeTarget(e.id, e.address, e.port) for e in Endpoint.objects.all()]
-        healthy = [t for t in targets if modes[t.host] == "healthy"]
+        healthy = [t for t in targets if modes[t.address] == "healthy"]
         allowed = services.allowed_networks()
         cpu = time.process_time()
         ollama.probe_many_sync(healthy, timeout=timeout, allowed=allowed)

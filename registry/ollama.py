@@ -1,8 +1,9 @@
 """Probe Ollama servers: /api/version, /api/tags and /api/ps under one deadline, safely.
 
 Transport: by default a probe's three GETs share one kept-alive `registry.http11.Http11Connection`,
-a deliberately small HTTP/1.1 client, because httpx cost 2.6 to 5 times as much CPU (2.3-4.6 s
-instead of 0.87 s per 1,000 probes; the table and the reasons are in registry.http11's docstring).
+a lean HTTP/1.1 client on asyncio streams whose replies httptools (llhttp) parses, because httpx
+cost 2.6 to 5 times as much CPU (2.3-4.6 s instead of 0.87 s per 1,000 probes; the tables, the
+parse cost per reply and the reasons are in registry.http11's docstring).
 httpx stays the API at the seam: `httpx_connections(t)` sends probes through any httpx transport
 (httpx.MockTransport in tests). The transport names are re-exported here for existing callers.
 

@@ -363,12 +363,53 @@ async def test_a_chunked_reply_claiming_a_huge_chunk_is_cut_off_at_one_mib():
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "reply is not valid HTTP"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10, 20\r\n\r\n", "reply is not valid HTTP"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}", "connection closed by the server"),
+        (b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\n{}", "reply is not valid HTTP"),
+        (b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", "reply is not valid HTTP"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", "reply is not valid HTTP"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\n{}", "reply is not valid HTTP"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", "reply is not valid HTTP"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            "reply is not valid HTTP",
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n", "reply is not valid HTTP"),
+        (b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 70_000 + b"\r\n\r\n", "reply is not valid HTTP"),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", "connection closed by the server"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "connection closed by the server"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{}", "connection closed by the server"),
+        (chunked(b"{}")[:-2] + b"X-Padding: " + b"a" * (2 * 1024 * 1024) + b"\r\n\r\n", "reply larger than 1 MiB"),
     ],
 )
 async def test_malformed_http_is_reported_not_raised(reply, error):
     async with raw_server({b"*": reply}, once=True) as port:
         result = await probe(ProbeTarget(1, "127.0.0.1", port), timeout=2, allowed=LOOPBACK)
     assert (result.ok, result.error) == (False, error)
+
+
+@pytest.mark.asyncio
+async def test_an_interim_100_continue_is_skipped_for_the_reply_that_follows():
+    replies = {b"/api/tags": b"HTTP/1.1 100 Continue\r\n\r\n" + plain(fixture("tags.json"))}
+    async with raw_server(replies) as port:
+        result = await probe(ProbeTarget(1, "127.0.0.1", port), timeout=2, allowed=LOOPBACK)
+    assert result.ok and len(result.models) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_body_without_length_or_chunks_ends_when_the_server_closes():
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + fixture("tags.json")
+    async with raw_server({b"*": reply}, once=True) as port:
+        result = await probe(ProbeTarget(1, "127.0.0.1", port), timeout=2, allowed=LOOPBACK)
+    assert result.ok and len(result.models) == 3
+
+
+@pytest.mark.asyncio
+async def test_bytes_after_a_reply_are_never_read_as_the_next_reply():
+    smuggled = plain(b'{"models": [{"name": "smuggled:latest"}]}')
+    replies = {b"/api/version": plain(fixture("version.json")) + smuggled, b"/api/tags": plain(fixture("tags.json"))}
+    async with raw_server(replies) as port:
+        result = await probe(ProbeTarget(1, "127.0.0.1", port), timeout=2, allowed=LOOPBACK)
+    assert result.ok and result.version == "0.5.1"
+    assert "smuggled:latest" not in {m.name for m in result.models}
 
 
 def test_fixtures_are_the_documented_shapes():

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from celery import current_app as current_celery_app
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Count, F, Max
 from django.utils import timezone
 from pydantic import ValidationError
@@ -339,15 +339,39 @@ def probe(ids: Iterable[int] | None) -> list[int]:
         release_claim(claim)
 
 
-def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | None = None) -> list[int]:
-    """Store a batch of probe results, writing only what changed; return the changed ids.
+RECORD_BATCH = 50  # endpoints per transaction: a sweep never holds SQLite's write lock for long
+RECORD_ATTEMPTS = 3
 
-    1. One bulk statement sets last_checked_at for the whole batch.
+
+def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | None = None) -> list[int]:
+    """Store probe results, writing only what changed; return the changed ids.
+
+    Results are written RECORD_BATCH at a time, each batch in its own short transaction, and
+    a batch that meets a busy database (another writer past the busy timeout) is tried again:
+    a probe run never fails as a whole because someone else was writing.
+    """
+    now = now or timezone.now()
+    changed: list[int] = []
+    for start in range(0, len(results), RECORD_BATCH):
+        batch = results[start : start + RECORD_BATCH]
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            try:
+                changed += _record_batch(batch, now)
+                break
+            except OperationalError:
+                if attempt == RECORD_ATTEMPTS:
+                    raise
+                logger.warning("database busy recording %d probe results; trying again", len(batch))
+                time.sleep(0.5 * attempt)
+    return changed
+
+
+def _record_batch(results: list[ollama.ProbeResult], now: datetime) -> list[int]:
+    """1. One bulk statement sets last_checked_at for the whole batch.
     2. Per endpoint, status/error/version/latency are written only when they changed, the
        status by compare-and-set so that a transition is reported exactly once.
     3. Model rows are synchronised only when the set of models or their details changed.
     """
-    now = now or timezone.now()
     by_id = {r.id: r for r in results}
     changed: list[int] = []
     with transaction.atomic():
@@ -355,6 +379,8 @@ def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | N
         try:
             with transaction.atomic():
                 changed = [e.id for e in _with_models(by_id) if _record_one(e, by_id[e.id])]
+        except OperationalError:
+            raise  # the database itself is busy: the caller tries the batch again
         except Exception:
             # One endpoint's odd reply must not lose the batch: redo it, one savepoint each.
             changed = _record_each(by_id)

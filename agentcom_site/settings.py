@@ -157,6 +157,9 @@ PROBE_ON_REGISTER = env_bool("PROBE_ON_REGISTER", True)
 UNHEALTHY_AFTER_FAILURES = env_int("UNHEALTHY_AFTER_FAILURES", 2, minimum=1)
 STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)
 RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0.01)
+# Proxies (networks) whose X-Forwarded-For names the real client: a sidecar behind one is judged
+# by its own address when it advertises its Ollama.
+REGISTRY_TRUSTED_PROXIES = env_str("REGISTRY_TRUSTED_PROXIES", "")
 RESOURCE_HISTORY_SECONDS = env_float("RESOURCE_HISTORY_SECONDS", 60.0, minimum=0.0)
 # A revoked token stops working in every process within this time (tokens are cached in memory).
 TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0.0)

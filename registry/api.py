@@ -225,5 +225,9 @@ def sidecar_report(request, payload: SidecarReport):
     Under daphne, well-formed reports are answered by the group-commit path in registry.ingest
     (same checks, same reply); this view answers the rest, and serves other servers and tests.
     """
-    services.check_report(payload)
+    token = request.auth_token
+    peer = services.client_address(request.META.get("REMOTE_ADDR"), request.META.get("HTTP_X_FORWARDED_FOR"))
+    services.check_report(payload, token, peer)
+    if not token.host:
+        services.check_report(payload, services.bind_token(token, payload.host), peer)  # first report binds
     return ingest.reply_body(payload, services.record_report(payload))

@@ -6,13 +6,15 @@ known token skips Django's request machinery:
 
 1. `ReportRoute` (ASGI, in front of Django) reads the body, finds the token in the process's
    cache (the database only on a miss, in a thread) and validates the body with the same
-   schema and checks as the REST route.
+   schema and checks as the REST route (`services.check_report`: allowed networks; a sidecar
+   token's own host and own machine).
 2. It hands the report to `ReportWriter`, which writes everything waiting in ONE transaction
    through `services.record_reports` (group commit: while one batch commits, the next gathers).
 3. The reply is sent after the batch commits, so a 200 means stored: nothing acknowledged is lost
    if a process dies afterwards.
 
-Anything else (no or bad token, bad JSON, invalid body, a body over the API's size limit) goes to the
+Anything else (no or bad token, bad JSON, invalid body, a body over the API's size limit, a
+sidecar token's first report, which binds it, an Ollama name not yet resolved) goes to the
 REST route in django-ninja unchanged, so every error answer has one implementation. Over
 capacity (queue full, or a report not written within REPORT_MAX_WAIT_SECONDS) the answer is a
 quick 503 `overloaded` with Retry-After, and that report is not stored.
@@ -162,11 +164,12 @@ async def _accept(scope, body: bytes) -> tuple[SidecarReport, int] | None:
     hit, token = services.cached_token(raw)
     if not hit:
         token = await sync_to_async(_lookup_token, thread_sensitive=False)(raw)
-    if token is None or token.scope not in REPORT_SCOPES:
-        return None
+    if token is None or token.scope not in REPORT_SCOPES or (token.scope == Token.Scope.SIDECAR and not token.host):
+        return None  # refused, or a first report that binds its token: the REST route does those
+    peer = services.client_address((scope.get("client") or (None,))[0], _header(scope, b"x-forwarded-for"))
     try:
         report = SidecarReport.model_validate_json(body)
-        services.check_report(report)
+        services.check_report(report, token, peer, resolve=False)  # no DNS lookup on the event loop
     except (ValidationError, services.RegistryError, ValueError):
         return None
     return report, token.id
@@ -185,12 +188,16 @@ def _release_connection() -> None:
         connection.close()
 
 
-def _bearer(scope) -> str | None:
+def _header(scope, wanted: bytes) -> str | None:
     for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            text = value.decode("latin-1")
-            return text[7:] if text.startswith("Bearer ") else None
+        if name == wanted:
+            return value.decode("latin-1")
     return None
+
+
+def _bearer(scope) -> str | None:
+    text = _header(scope, b"authorization")
+    return text[7:] if text is not None and text.startswith("Bearer ") else None
 
 
 async def _read_body(receive, limit: int) -> tuple[bytes, bool]:

@@ -143,6 +143,8 @@ class Token(models.Model):
 
     label = models.CharField(max_length=100)
     scope = models.CharField(max_length=10, choices=Scope.choices)
+    # A sidecar token reports for one machine only: set at creation (--host) or by its first report.
+    host = models.CharField(max_length=253, blank=True, help_text="The one machine a sidecar token reports for.")
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to recognise it.")
     created_at = models.DateTimeField(default=timezone.now)

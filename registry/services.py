@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -24,7 +26,7 @@ from registry import ollama, signals
 from registry.models import Endpoint, EndpointModel, Host, ResourceSnapshot, Token
 from registry.rows import RESOURCE_FIELDS, resources_row
 from registry.rows import endpoint_rows as _endpoint_rows
-from registry.schemas import EndpointIn, SidecarReport, host_for_url
+from registry.schemas import EndpointIn, SidecarReport, host_for_url, split_host
 from registry.status import is_stale, next_status
 
 logger = logging.getLogger(__name__)
@@ -513,11 +515,119 @@ def parse_report(data: object) -> SidecarReport:
     return report
 
 
-def check_report(report: SidecarReport) -> None:
-    """Refuse (before anything is stored) a report whose Ollama the hub may not connect to."""
+def check_report(
+    report: SidecarReport, token: TokenInfo | None = None, peer: str | None = None, *, resolve: bool = True
+) -> None:
+    """Refuse (before anything is stored) a report the hub must not take.
+
+    Any token: the advertised Ollama must be inside REGISTRY_ALLOWED_NETWORKS. A sidecar token
+    also reports only for the host it is bound to, and advertises only an Ollama on the machine
+    the report comes from (`peer`, the client address as the hub sees it): otherwise a sidecar
+    token could make the hub probe any port anywhere, or overwrite another host.
+    """
     target = report.ollama_host_port()
     if target is not None:
         _check_advertised(*target, settings.REGISTRY_ALLOWED_NETWORKS)
+    if token is None or token.scope != Token.Scope.SIDECAR:
+        return
+    if token.host and token.host != report.host:
+        raise RegistryError(
+            "wrong_host",
+            f"this sidecar token reports for host {token.host!r} only, not {report.host!r}.",
+            status_code=403,
+        )
+    if target is None:
+        return
+    here = same_machine(target[0], peer, resolve=resolve)
+    if here is None:
+        raise RegistryError("lookup_needed", f"{target[0]} must be resolved first.")
+    if not here:
+        raise RegistryError(
+            "not_this_machine",
+            f"ollama_url {report.ollama_url} is not on the machine sending the report ({peer or 'unknown'}); "
+            "a sidecar may only advertise its own Ollama.",
+            status_code=403,
+        )
+
+
+def same_machine(address: str, peer: str | None, *, resolve: bool) -> bool | None:
+    """Whether `address` (an IP or a name) is the machine at `peer`; None when a name would need
+    resolving and `resolve` is false. Every loopback address is this hub's own machine."""
+    try:
+        peer_ip = _plain_ip(ipaddress.ip_address(peer or ""))
+    except ValueError:
+        return False
+    try:
+        candidates = [_plain_ip(ipaddress.ip_address(address))]
+    except ValueError:
+        cached = _resolved_cache.get(address)
+        if cached is not None and cached[0] >= time.monotonic():
+            candidates = cached[1]
+        elif resolve:
+            candidates = _resolved(address)
+        else:
+            return None
+    return any(ip == peer_ip or (ip.is_loopback and peer_ip.is_loopback) for ip in candidates)
+
+
+def _plain_ip(ip):
+    return ip.ipv4_mapped or ip if ip.version == 6 else ip
+
+
+_resolved_cache: dict[str, tuple[float, list]] = {}
+
+
+def _resolved(name: str) -> list:
+    """The addresses `name` resolves to (cached 60 s; reports from one host repeat every few seconds)."""
+    cached = _resolved_cache.get(name)
+    if cached and cached[0] >= time.monotonic():
+        return cached[1]
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        found = [_plain_ip(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos]
+    except (OSError, ValueError):
+        found = []
+    if len(_resolved_cache) > 10_000:
+        _resolved_cache.clear()
+    _resolved_cache[name] = (time.monotonic() + 60, found)
+    return found
+
+
+def client_address(peer: str | None, forwarded_for: str | None) -> str | None:
+    """The reporting machine's address: the TCP peer, or, when the peer is a trusted proxy
+    (REGISTRY_TRUSTED_PROXIES), the last address in X-Forwarded-For that is not one."""
+    trusted = trusted_proxies()
+    if not peer or not trusted or not forwarded_for or not _in(peer, trusted):
+        return peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if not _in(hop, trusted):
+            return hop
+    return peer
+
+
+def _in(address: str, networks) -> bool:
+    try:
+        ip = _plain_ip(ipaddress.ip_address(address))
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+def trusted_proxies():
+    return _networks(settings.REGISTRY_TRUSTED_PROXIES) if settings.REGISTRY_TRUSTED_PROXIES else ()
+
+
+def bind_token(token: TokenInfo, host: str) -> TokenInfo:
+    """Bind a sidecar token that is not bound yet to `host` (its first report); return it bound."""
+    if token.scope != Token.Scope.SIDECAR or token.host:
+        return token
+    Token.objects.filter(id=token.id, host="").update(host=host)
+    bound = Token.objects.filter(id=token.id).values_list("host", flat=True).first() or host
+    token = TokenInfo(token.id, token.scope, token.label, bound)
+    for digest, cached in list(_token_cache.items()):
+        if cached is not None and cached.id == token.id:
+            _token_cache[digest] = token
+    return token
 
 
 @lru_cache(maxsize=4096)  # every report of a host names the same Ollama
@@ -757,14 +867,23 @@ def build_snapshot(*, now: datetime | None = None) -> dict:
 # --- tokens ----------------------------------------------------------------------------
 
 
-def create_token(scope: str, label: str) -> tuple[Token, str]:
-    """Create a token; the raw value is returned once and never stored."""
+def create_token(scope: str, label: str, *, host: str = "") -> tuple[Token, str]:
+    """Create a token (a sidecar token optionally bound to `host`); the raw value is returned once."""
     if scope not in Token.Scope.values:
         raise RegistryError("invalid_scope", f"scope must be one of {', '.join(Token.Scope.values)}.")
     if not label.strip():
         raise RegistryError("invalid_label", "label is required.")
+    if host:
+        if scope != Token.Scope.SIDECAR:
+            raise RegistryError("invalid_host", "only sidecar tokens are bound to a host.")
+        try:
+            host = split_host(host)[0]
+        except ValueError as exc:
+            raise RegistryError("invalid_host", str(exc)) from None
     raw = f"agc_{scope[:3]}_{secrets.token_urlsafe(32)}"
-    token = Token.objects.create(scope=scope, label=label.strip()[:100], token_hash=Token.hash(raw), prefix=raw[:12])
+    token = Token.objects.create(
+        scope=scope, label=label.strip()[:100], token_hash=Token.hash(raw), prefix=raw[:12], host=host
+    )
     return token, raw
 
 
@@ -775,6 +894,7 @@ class TokenInfo:
     id: int
     scope: str
     label: str
+    host: str = ""  # the machine a sidecar token is bound to ("" until its first report)
 
 
 # Tokens are cached per process: a report every 10 s from each of 1,000 sidecars must not
@@ -820,7 +940,11 @@ def authenticate_token(raw: str, *, record_use: bool = True, now: datetime | Non
     if digest in _token_cache:
         info = _token_cache[digest]
     else:
-        row = Token.objects.filter(token_hash=digest, revoked_at__isnull=True).values("id", "scope", "label").first()
+        row = (
+            Token.objects.filter(token_hash=digest, revoked_at__isnull=True)
+            .values("id", "scope", "label", "host")
+            .first()
+        )
         info = TokenInfo(**row) if row else None
         if len(_token_cache) >= _TOKEN_CACHE_MAX:
             _token_cache.clear()  # a flood of made-up tokens must not grow memory

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.models import Endpoint, ResourceSnapshot
+from registry import services
+from registry.models import Endpoint, Host, ResourceSnapshot, Token
 
 URL = "/api/v1/sidecar/report"
 GIB = 1024**3
@@ -45,16 +46,16 @@ def test_report_makes_the_hosts_resources_appear_in_the_snapshot(api, sidecar_to
 
 
 def test_report_with_ollama_url_registers_an_auto_endpoint_once(api, sidecar_token, admin_token):
-    body = report(ollama_url="http://10.0.0.7:11434")
+    body = report(ollama_url="http://127.0.0.7:11434")
     first = api.post(URL, body, sidecar_token).json()
     second = api.post(URL, body, sidecar_token).json()
     endpoint = Endpoint.objects.get()
-    assert first == second == {"host": "10.0.0.7", "endpoint_id": endpoint.id}
-    assert (endpoint.host.name, endpoint.port, endpoint.source) == ("10.0.0.7", 11434, "auto")
+    assert first == second == {"host": "127.0.0.7", "endpoint_id": endpoint.id}
+    assert (endpoint.host.name, endpoint.port, endpoint.source) == ("127.0.0.7", 11434, "auto")
     # The host is named after the Ollama URL's host, so endpoint and resources meet on the dashboard.
     snapshot = api.get("/api/v1/snapshot", admin_token).json()
-    assert snapshot["endpoints"][0]["host"] == "10.0.0.7"
-    assert snapshot["resources"]["10.0.0.7"]["hostname"] == "gpu-01.lan"
+    assert snapshot["endpoints"][0]["host"] == "127.0.0.7"
+    assert snapshot["resources"]["127.0.0.7"]["hostname"] == "gpu-01.lan"
 
 
 def test_a_report_without_gpu_has_null_vram(api, sidecar_token, admin_token):
@@ -113,24 +114,25 @@ def test_report_that_is_not_json_is_400(api, sidecar_token):
 
 
 def test_a_sidecar_naming_its_machine_gets_its_endpoint_and_resources_on_one_row(api, sidecar_token, admin_token):
-    api.post(URL, report(host="gpu-01", ollama_url="http://10.0.0.2:11434"), sidecar_token)
+    api.post(URL, report(host="gpu-01", ollama_url="http://127.0.0.2:11434"), sidecar_token)
     snapshot = api.get("/api/v1/snapshot", admin_token).json()
     row = snapshot["endpoints"][0]
-    assert (row["host"], row["address"], row["url"]) == ("gpu-01", "10.0.0.2", "http://10.0.0.2:11434")
+    assert (row["host"], row["address"], row["url"]) == ("gpu-01", "127.0.0.2", "http://127.0.0.2:11434")
     assert snapshot["resources"][row["host"]]["cpu_percent"] == 41.5
 
 
 def test_a_report_never_moves_a_manual_endpoint_to_another_machine(api, sidecar_token, admin_token):
-    created = api.post("/api/v1/endpoints", {"host": "10.0.0.3"}, admin_token).json()
-    reply = api.post(URL, report(host="gpu-03", ollama_url="http://10.0.0.3:11434"), sidecar_token).json()
+    created = api.post("/api/v1/endpoints", {"host": "127.0.0.3"}, admin_token).json()
+    reply = api.post(URL, report(host="gpu-03", ollama_url="http://127.0.0.3:11434"), sidecar_token).json()
     assert reply == {"host": "gpu-03", "endpoint_id": created["id"]}
     row = api.get(f"/api/v1/endpoints/{created['id']}", admin_token).json()
-    assert (row["host"], row["source"], row["revision"]) == ("10.0.0.3", "manual", created["revision"])
+    assert (row["host"], row["source"], row["revision"]) == ("127.0.0.3", "manual", created["revision"])
 
 
-def test_an_auto_endpoint_follows_the_machine_its_sidecar_names(api, sidecar_token, admin_token):
-    api.post(URL, report(ollama_url="http://10.0.0.4:11434"), sidecar_token)
-    api.post(URL, report(host="gpu-04", ollama_url="http://10.0.0.4:11434"), sidecar_token)
+def test_an_auto_endpoint_follows_the_machine_its_reports_name(api, admin_token):
+    # An admin token may report for any machine (a sidecar token only for its own).
+    api.post(URL, report(ollama_url="http://10.0.0.4:11434"), admin_token)
+    api.post(URL, report(host="gpu-04", ollama_url="http://10.0.0.4:11434"), admin_token)
     row = api.get("/api/v1/endpoints", admin_token).json()[0]
     assert (row["host"], row["address"], row["source"]) == ("gpu-04", "10.0.0.4", "auto")
 
@@ -148,3 +150,49 @@ def test_unknown_api_routes_and_methods_answer_json(api, admin_token):
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     wrong = api.client.put("/api/v1/snapshot", HTTP_AUTHORIZATION=f"Bearer {admin_token}")
     assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+
+
+def test_a_sidecar_tokens_first_report_binds_it_to_that_host(api, sidecar_token, admin_token):
+    assert api.post(URL, report(host="gpu-01"), sidecar_token).status_code == 200
+    assert Token.objects.get(scope="sidecar").host == "gpu-01"
+    refused = api.post(URL, report(host="gpu-02", cpu_percent=99), sidecar_token)
+    assert refused.status_code == 403 and refused.json()["error"] == "wrong_host"
+    assert "gpu-01" in refused.json()["detail"]
+    assert set(Host.objects.values_list("name", flat=True)) == {"gpu-01"}
+
+
+def test_a_token_bound_at_creation_reports_only_for_its_host(api, db):
+    _, raw = services.create_token("sidecar", "gpu-05", host="GPU-05")
+    assert api.post(URL, report(host="gpu-06"), raw).status_code == 403
+    assert api.post(URL, report(host="gpu-05"), raw).status_code == 200
+    assert list(Host.objects.values_list("name", flat=True)) == ["gpu-05"]
+
+
+def test_a_sidecar_may_advertise_only_an_ollama_on_its_own_machine(api, sidecar_token):
+    refused = api.post(URL, report(ollama_url="http://10.0.0.9:11434"), sidecar_token)
+    assert refused.status_code == 403 and refused.json()["error"] == "not_this_machine"
+    assert "10.0.0.9" in refused.json()["detail"]
+    assert not Endpoint.objects.exists() and not Host.objects.exists()
+    assert Token.objects.get(scope="sidecar").host == ""  # a refused report binds nothing
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_the_sidecars(api, sidecar_token, settings):
+    settings.REGISTRY_TRUSTED_PROXIES = "127.0.0.0/8"
+    body = report(ollama_url="http://10.0.0.9:11434")
+    forwarded = {"HTTP_X_FORWARDED_FOR": "203.0.113.5, 10.0.0.9", "HTTP_AUTHORIZATION": f"Bearer {sidecar_token}"}
+    assert api.client.post(URL, body, content_type="application/json", **forwarded).status_code == 200
+    spoofed = {"HTTP_X_FORWARDED_FOR": "10.0.0.9, 203.0.113.5", "HTTP_AUTHORIZATION": f"Bearer {sidecar_token}"}
+    assert api.client.post(URL, body, content_type="application/json", **spoofed).status_code == 403
+    settings.REGISTRY_TRUSTED_PROXIES = ""
+    assert api.client.post(URL, body, content_type="application/json", **forwarded).status_code == 403
+
+
+def test_create_token_command_binds_a_host(db):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("create_token", "--scope", "sidecar", "--label", "gpu-07", "--host", "gpu-07", stdout=out)
+    assert "for host gpu-07" in out.getvalue()
+    assert Token.objects.get().host == "gpu-07"

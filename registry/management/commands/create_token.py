@@ -14,11 +14,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--scope", required=True, choices=Token.Scope.values)
         parser.add_argument("--label", required=True, help="Who or what uses the token, e.g. gpu-01.")
+        parser.add_argument(
+            "--host",
+            default="",
+            help="sidecar tokens: the one machine (host name as the hub shows it) the token may report for; "
+            "without it, the token is bound by its first report.",
+        )
 
-    def handle(self, *args, scope: str, label: str, **options):
+    def handle(self, *args, scope: str, label: str, host: str, **options):
         try:
-            token, raw = services.create_token(scope, label)
+            token, raw = services.create_token(scope, label, host=host)
         except services.RegistryError as exc:
             raise CommandError(exc.detail) from None
-        self.stdout.write(f"Created {token.scope} token {token.id} '{token.label}'. It is shown once; store it now:")
+        bound = f" for host {token.host}" if token.host else ""
+        self.stdout.write(
+            f"Created {token.scope} token {token.id} '{token.label}'{bound}. It is shown once; store it now:"
+        )
         self.stdout.write(raw)

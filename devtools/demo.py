@@ -160,7 +160,7 @@ class Demo:
             self.sleep(0.5)
 
     def report_all(self, client: httpx.Client, token: str, urls: dict[str, str]) -> None:
-        from registry.sidecar import build_report, send_report
+        from agentcom_sidecar.agent import build_report, send_report
 
         for host in FLEET:
             if not host.reports:

@@ -33,7 +33,7 @@ def test_a_revoked_or_foreign_demo_token_is_replaced(db, tmp_path):
 
 
 def test_every_simulated_sidecar_report_is_accepted_by_the_hub(db):
-    from registry.sidecar import build_report
+    from agentcom_sidecar.agent import build_report
 
     reporting = [host for host in demo.FLEET if host.reports]
     for index, host in enumerate(reporting, start=1):

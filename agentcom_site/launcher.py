@@ -7,6 +7,7 @@ at module level, so it can run before the database exists.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import http.client
 import importlib.util
@@ -145,13 +146,29 @@ def nothing_to_prepare(database: dict, installed_apps: Iterable[str]) -> bool:
     return bool(has_user)
 
 
+def hub_database(env: dict) -> dict:
+    """The database settings.py picks: DATABASE_URL, else the SQLite file in the run folder."""
+    if url := env.get("DATABASE_URL"):
+        import dj_database_url
+
+        return dj_database_url.parse(url)
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(RUN_DIR / "db.sqlite3")}
+
+
+def installed_apps() -> list[str]:
+    """INSTALLED_APPS as written in settings.py, read without running it (that imports the prober)."""
+    tree = ast.parse((BASE_DIR / "agentcom_site" / "settings.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "INSTALLED_APPS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise ValueError("INSTALLED_APPS not found in settings.py")
+
+
 def prepare(env: dict) -> None:
     """Migrate and make sure an admin exists, in one Django process, unless there is nothing to do."""
     try:
-        from agentcom_site import settings  # the environment only: no apps, no database
-
-        up_to_date = nothing_to_prepare(settings.DATABASES["default"], settings.INSTALLED_APPS)
-    except Exception:  # a malformed setting: manage.py below says which
+        up_to_date = nothing_to_prepare(hub_database(env), installed_apps())
+    except Exception:  # a malformed DATABASE_URL or settings: manage.py below says what is wrong
         up_to_date = False
     if not up_to_date:
         manage("prepare", env=env)

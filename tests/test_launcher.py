@@ -89,3 +89,15 @@ def test_start_up_prepares_only_when_the_database_lacks_a_migration_or_a_user(tm
     assert not launcher.nothing_to_prepare(database, apps)  # no one could log in
     assert not launcher.nothing_to_prepare({**database, "ENGINE": "django.db.backends.postgresql"}, apps)
     assert not launcher.nothing_to_prepare(database, [*apps, "registry.apps.RegistryConfig"])
+
+
+def test_the_launcher_reads_the_same_apps_and_database_as_the_settings(monkeypatch, tmp_path):
+    from django.conf import settings
+
+    from agentcom_site import launcher
+
+    assert launcher.installed_apps() == list(settings.INSTALLED_APPS)
+    monkeypatch.setattr(launcher, "RUN_DIR", tmp_path)
+    assert launcher.hub_database({})["NAME"] == str(tmp_path / "db.sqlite3")
+    url = f"sqlite:///{tmp_path / 'other.sqlite3'}"
+    assert launcher.hub_database({"DATABASE_URL": url})["NAME"] == str(tmp_path / "other.sqlite3")

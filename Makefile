@@ -26,7 +26,7 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt sidecar/pyproject.toml | $(P
 run: $(STAMP)
 	$(PY) -m agentcom_site.launcher run
 
-demo: $(STAMP)
+demo: $(DEV_STAMP)
 	$(PY) -m agentcom_site.launcher demo
 
 test: $(DEV_STAMP)

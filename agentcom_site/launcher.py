@@ -1,4 +1,4 @@
-"""Start the hub (daphne + Celery worker + beat) or the tests, with Redis found or started.
+"""Start the hub (daphne + a Celery worker with beat inside) or the tests, with Redis found or started.
 
 Used by the Makefile: `python -m agentcom_site.launcher run|test|demo|bench`. Imports no Django
 at module level, so it can run before the database exists.
@@ -7,15 +7,24 @@ at module level, so it can run before the database exists.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import http.client
+import importlib.util
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from agentcom_site import processes
+from agentcom_site.processes import free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(os.environ.get("AGENTCOM_RUN_DIR", BASE_DIR / "run"))
@@ -24,12 +33,6 @@ PY = sys.executable
 
 def log(message: str) -> None:
     print(f"[hub] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
@@ -109,81 +112,141 @@ def manage(*args: str, env: dict) -> None:
     subprocess.run([PY, str(BASE_DIR / "manage.py"), *args], check=True, env=env, cwd=BASE_DIR)
 
 
+def _migration_names(app: str) -> set[str] | None:
+    """Names of the migrations `app` ships, found on disk without importing it; None if not found."""
+    top, *rest = app.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = Path(next(iter(spec.submodule_search_locations)), *rest)
+    if not package.is_dir():  # e.g. an AppConfig class path
+        return None
+    return {path.stem for path in package.glob("migrations/*.py") if not path.name.startswith("_")}
+
+
+def nothing_to_prepare(database: dict, installed_apps: Iterable[str]) -> bool:
+    """Tell, without starting Django, that a SQLite database has every migration applied and a user.
+
+    Then `manage.py prepare` (a second of Django start-up) would do nothing. Anything else
+    (PostgreSQL, an app given as an AppConfig path, a missing table) answers False.
+    """
+    name = str(database.get("NAME", ""))
+    if not database.get("ENGINE", "").endswith("sqlite3") or not Path(name).is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{name}?mode=ro", uri=True, timeout=1)) as conn:
+            applied = set(conn.execute("SELECT app, name FROM django_migrations"))
+            has_user = conn.execute("SELECT EXISTS (SELECT 1 FROM auth_user)").fetchone()[0]
+    except sqlite3.Error:
+        return False
+    for app in installed_apps:
+        names = _migration_names(app)
+        if names is None or {(app.rpartition(".")[2], name) for name in names} - applied:
+            return False
+    return bool(has_user)
+
+
+def hub_database(env: dict) -> dict:
+    """The database settings.py picks: DATABASE_URL, else the SQLite file in the run folder."""
+    if url := env.get("DATABASE_URL"):
+        import dj_database_url
+
+        return dj_database_url.parse(url)
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(RUN_DIR / "db.sqlite3")}
+
+
+def installed_apps() -> list[str]:
+    """INSTALLED_APPS as written in settings.py, read without running it (that imports the prober)."""
+    tree = ast.parse((BASE_DIR / "agentcom_site" / "settings.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "INSTALLED_APPS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise ValueError("INSTALLED_APPS not found in settings.py")
+
+
+def prepare(env: dict) -> None:
+    """Migrate and make sure an admin exists, in one Django process, unless there is nothing to do."""
+    try:
+        up_to_date = nothing_to_prepare(hub_database(env), installed_apps())
+    except Exception:  # a malformed DATABASE_URL or settings: manage.py below says what is wrong
+        up_to_date = False
+    if not up_to_date:
+        manage("prepare", env=env)
+        return
+    saved = RUN_DIR / "admin-password"
+    log("Log in as an existing user" + (f" (password saved in {saved})." if saved.exists() else "."))
+
+
 def hub_processes(env: dict, host: str, port: str) -> list[tuple[str, list[str]]]:
-    celery = [PY, "-m", "celery", "-A", "agentcom_site"]
+    """daphne, and one Celery worker with beat inside (the one-machine layout)."""
+    queue = env.get("AGENTCOM_CELERY_QUEUE", "agentcom")
+    loglevel = env.get("CELERY_LOG_LEVEL", "WARNING")
+    concurrency = env.get("CELERY_CONCURRENCY", str(processes.WORKER_CONCURRENCY))
+    schedule = RUN_DIR / "celerybeat-schedule"
     return [
-        (
-            "daphne",
-            [
-                PY,
-                "-m",
-                "daphne",
-                "-b",
-                host,
-                "-p",
-                port,
-                "--access-log",
-                str(RUN_DIR / "access.log"),
-                "agentcom_site.asgi:application",
-            ],
-        ),
-        (
-            "worker",
-            [
-                *celery,
-                "worker",
-                "--loglevel",
-                env.get("CELERY_LOG_LEVEL", "WARNING"),
-                "--concurrency",
-                env.get("CELERY_CONCURRENCY", "2"),
-                "-Q",
-                env.get("AGENTCOM_CELERY_QUEUE", "agentcom"),
-                "--without-gossip",
-                "--without-mingle",
-            ],
-        ),
-        (
-            "beat",
-            [
-                *celery,
-                "beat",
-                "--loglevel",
-                env.get("CELERY_LOG_LEVEL", "WARNING"),
-                "--schedule",
-                str(RUN_DIR / "celerybeat-schedule"),
-            ],
-        ),
+        ("daphne", processes.daphne(host, port, access_log=RUN_DIR / "access.log")),
+        ("worker", processes.worker(queue, loglevel=loglevel, concurrency=concurrency, beat_schedule=schedule)),
     ]
 
 
-def supervise(procs: list[subprocess.Popen]) -> int:
-    """Wait until Ctrl-C/SIGTERM or until one process dies; then stop them all."""
-    stopping = False
+def healthz_answers(host: str, port: str) -> bool:
+    connection = http.client.HTTPConnection(host, int(port), timeout=1)
+    try:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
 
-    def _stop(signum, frame):
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    code = 0
-    while not stopping:
-        for proc in procs:
-            if proc.poll() is not None:
+class Supervisor:
+    """Start processes; stop them all on Ctrl-C/SIGTERM or as soon as one of them dies."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.stopping = False
+        # Installed before anything starts, so that a Ctrl-C at any moment stops every process.
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, signum, frame) -> None:
+        self.stopping = True
+
+    def start(self, cmd: list[str], env: dict) -> None:
+        self.procs.append(subprocess.Popen(cmd, env=env, cwd=BASE_DIR))
+
+    def exited(self) -> subprocess.Popen | None:
+        return next((proc for proc in self.procs if proc.poll() is not None), None)
+
+    def wait_until(self, check, timeout: float = 60) -> bool:
+        """Poll `check` until it holds; False if stopped, a process died or time ran out."""
+        deadline = time.monotonic() + timeout
+        while not self.stopping and not self.exited() and time.monotonic() < deadline:
+            if check():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def run(self) -> int:
+        """Wait until Ctrl-C/SIGTERM or until one process dies; then stop them all."""
+        code = 0
+        while not self.stopping:
+            if proc := self.exited():
                 log(f"a process exited (pid {proc.pid}, code {proc.returncode}); stopping the others")
-                stopping, code = True, proc.returncode or 1
+                code = proc.returncode or 1
                 break
-        time.sleep(0.3)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return code
+            time.sleep(0.3)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return code
 
 
 def run(extra: list[tuple[str, list[str]]] | None = None) -> int:
@@ -191,16 +254,16 @@ def run(extra: list[tuple[str, list[str]]] | None = None) -> int:
     redis = Redis()
     env = dict(os.environ, REDIS_URL=redis.start(), AGENTCOM_RUN_DIR=str(RUN_DIR))
     try:
-        manage("migrate", "--noinput", "-v", "0", env=env)
-        manage("ensure_admin", env=env)
+        prepare(env)
         host, port = env.get("HOST", "127.0.0.1"), env.get("PORT", "8000")
-        procs = [
-            subprocess.Popen(cmd, env=env, cwd=BASE_DIR) for _, cmd in hub_processes(env, host, port) + (extra or [])
-        ]
-        shown = f"[{host}]" if ":" in host else host
-        log(f"hub running: http://{shown}:{port}/dashboard/  (admin: /admin/, API docs: /api/v1/docs)")
-        log("log in with the admin user above; Ctrl-C stops everything")
-        return supervise(procs)
+        supervisor = Supervisor()
+        for _, cmd in hub_processes(env, host, port) + (extra or []):
+            supervisor.start(cmd, env)
+        if supervisor.wait_until(lambda: healthz_answers(host, port)):
+            shown = f"[{host}]" if ":" in host else host
+            log(f"hub running: http://{shown}:{port}/dashboard/  (admin: /admin/, API docs: /api/v1/docs)")
+            log("log in with the admin user above; Ctrl-C stops everything")
+        return supervisor.run()
     finally:
         redis.stop()
 
@@ -210,7 +273,7 @@ def demo() -> int:
     os.environ.setdefault("PROBE_INTERVAL_SECONDS", "5")  # a livelier page than the default 15 s
     # The demo keeps its own database, so its simulated hosts never mix with a real registry.
     os.environ.setdefault("DATABASE_URL", f"sqlite:///{RUN_DIR / 'demo.sqlite3'}")
-    return run(extra=[("demo-fleet", [PY, str(BASE_DIR / "manage.py"), "demo_fleet"])])
+    return run(extra=[("demo", [PY, "-m", "devtools.demo"])])
 
 
 def with_redis(cmd: list[str], **extra_env: str) -> int:
@@ -233,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return demo()
     if args.command == "bench":
-        return with_redis([PY, "bench/probe_sweep.py"]) or with_redis([PY, "bench/fanout.py"])
+        for script in ("bench/probe_sweep.py", "bench/fanout.py", "bench/startup.py"):
+            if code := with_redis([PY, script]):
+                return code
+        return 0
     # Importing this package set DJANGO_SETTINGS_MODULE to the hub's settings (celery.py);
     # the tests use their own.
     return with_redis([PY, "-m", "pytest", *rest], DJANGO_SETTINGS_MODULE="tests.settings")

@@ -23,11 +23,8 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from agentcom_site import processes  # noqa: E402
+from agentcom_site.processes import free_port  # noqa: E402
 
 
 def setup_django(folder: Path) -> None:
@@ -60,18 +57,7 @@ def session_cookie() -> str:
 
 def start_daphne(port: int, folder: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--access-log",
-            os.devnull,
-            "agentcom_site.asgi:application",
-        ],
+        processes.daphne("127.0.0.1", port, access_log=os.devnull),
         cwd=BASE_DIR,
         env=dict(os.environ),
         stdout=open(folder / "daphne.log", "wb"),

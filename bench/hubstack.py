@@ -18,14 +18,12 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
+
+from agentcom_site import processes  # noqa: E402
+from agentcom_site.processes import free_port  # noqa: E402
+
 GIB = 1024**3
 FLEET_BASE = "127.0.50."  # fake Ollama endpoints: 127.0.50.1 ... on one port each
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def setup_django(folder: Path, database_url: str | None, probe_interval: float) -> dict:
@@ -78,32 +76,12 @@ class Hub:
         return f"http://127.0.0.1:{self.port}"
 
     def commands(self) -> dict[str, list[str]]:
-        celery = [sys.executable, "-m", "celery", "-A", "agentcom_site"]
-        queue = self.env["AGENTCOM_CELERY_QUEUE"]
+        queue, schedule = self.env["AGENTCOM_CELERY_QUEUE"], self.folder / "beat-schedule"
+        inside = "beat" not in self.components  # beat inside the worker unless it runs on its own
         return {
-            "daphne": [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "--access-log",
-                os.devnull,
-                "agentcom_site.asgi:application",
-            ],  # fmt: skip
-            "worker": [
-                *celery,
-                "worker",
-                "--loglevel",
-                "WARNING",
-                "-Q",
-                queue,
-                "--without-gossip",
-                "--without-mingle",
-            ],  # fmt: skip
-            "beat": [*celery, "beat", "--loglevel", "WARNING", "--schedule", str(self.folder / "beat-schedule")],
+            "daphne": processes.daphne("127.0.0.1", self.port, access_log=os.devnull),
+            "worker": processes.worker(queue, beat_schedule=schedule if inside else None),
+            "beat": processes.beat(schedule),
         }
 
     def start(self) -> Hub:
@@ -158,7 +136,7 @@ def start_fleet(n: int, folder: Path, models: int = 3) -> subprocess.Popen:
     spec_file.write_text(json.dumps({"endpoints": specs}))
     control = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "registry.fake_ollama", "--spec", str(spec_file), "--control-port", str(control)],
+        [sys.executable, "-m", "devtools.fake_ollama", "--spec", str(spec_file), "--control-port", str(control)],
         cwd=BASE_DIR,
         stdout=subprocess.DEVNULL,
         stderr=open(folder / "fleet.log", "wb"),

@@ -61,7 +61,7 @@ def start_fleet(n: int, folder: Path) -> tuple[subprocess.Popen, list[tuple[str,
     spec_file.write_text(json.dumps({"endpoints": specs}))
     control = 11900 + n % 97
     proc = subprocess.Popen(
-        [sys.executable, "-m", "registry.fake_ollama", "--spec", str(spec_file), "--control-port", str(control)],
+        [sys.executable, "-m", "devtools.fake_ollama", "--spec", str(spec_file), "--control-port", str(control)],
         cwd=BASE_DIR,
         stdout=subprocess.DEVNULL,
         stderr=open(folder / "fleet.log", "wb"),

@@ -99,7 +99,7 @@ def api(db):
 @pytest.fixture
 def fake_fleet():
     """A real HTTP server speaking Ollama's JSON, many endpoints in one process."""
-    from registry.fake_ollama import FakeFleet
+    from devtools.fake_ollama import FakeFleet
 
     fleet = FakeFleet()
     fleet.start()

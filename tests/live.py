@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,13 +13,10 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from agentcom_site import processes
+from agentcom_site.processes import free_port
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_database_url() -> str:
@@ -33,7 +29,11 @@ def test_database_url() -> str:
 
 
 class LiveStack:
-    """daphne + worker + beat as subprocesses; logs kept in `folder` for failure reports."""
+    """The hub's processes as `make run` starts them; logs kept in `folder` for failure reports.
+
+    Components: "daphne", "worker" and "beat" (on its own, as deployed at scale). Without a
+    separate "beat", the worker runs beat inside unless `embedded_beat=False`.
+    """
 
     def __init__(
         self,
@@ -41,12 +41,14 @@ class LiveStack:
         *,
         probe_interval: float = 1.0,
         probe_on_register: bool = True,
-        components: tuple[str, ...] = ("daphne", "worker", "beat"),
+        components: tuple[str, ...] = ("daphne", "worker"),
+        embedded_beat: bool = True,
         **extra_env: str,
     ):
         self.folder = folder
         self.port = free_port()
         self.components = components
+        self.embedded_beat = embedded_beat
         self.procs: dict[str, subprocess.Popen] = {}
         self.env = dict(
             os.environ,
@@ -65,34 +67,12 @@ class LiveStack:
         return f"http://127.0.0.1:{self.port}"
 
     def commands(self) -> dict[str, list[str]]:
-        celery = [sys.executable, "-m", "celery", "-A", "agentcom_site"]
+        queue, schedule = settings.CELERY_TASK_DEFAULT_QUEUE, self.folder / "beat-schedule"
+        inside = self.embedded_beat and "beat" not in self.components
         return {
-            "daphne": [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "agentcom_site.asgi:application",
-            ],
-            "worker": [
-                *celery,
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "2",
-                "--pool",
-                "threads",
-                "-Q",
-                settings.CELERY_TASK_DEFAULT_QUEUE,
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            "beat": [*celery, "beat", "--loglevel", "INFO", "--schedule", str(self.folder / "beat-schedule")],
+            "daphne": processes.daphne("127.0.0.1", self.port),
+            "worker": processes.worker(queue, loglevel="INFO", beat_schedule=schedule if inside else None),
+            "beat": processes.beat(schedule, loglevel="INFO"),
         }
 
     def start(self) -> LiveStack:

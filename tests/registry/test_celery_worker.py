@@ -11,11 +11,12 @@ from tests.live import LiveStack, wait_until
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def worker_and_beat(tmp_path):
-    # Chunks of one endpoint: the sweep fans out into several tasks, as it would across workers.
+@pytest.fixture(params=[("worker",), ("worker", "beat")], ids=["beat-inside-worker", "beat-on-its-own"])
+def worker_and_beat(request, tmp_path):
+    # Beat inside the worker (`make run`) or on its own (at scale). Chunks of one endpoint: the
+    # sweep fans out into several tasks, as it would across workers.
     stack = LiveStack(
-        tmp_path, probe_interval=1.0, probe_on_register=False, components=("worker", "beat"), PROBE_CHUNK_SIZE="1"
+        tmp_path, probe_interval=1.0, probe_on_register=False, components=request.param, PROBE_CHUNK_SIZE="1"
     )
     stack.start()
     yield stack
@@ -46,7 +47,7 @@ def test_beat_scheduled_sweep_marks_endpoints_healthy_and_unhealthy(fake_fleet, 
 
 def test_a_newly_registered_endpoint_is_probed_at_once(fake_fleet, tmp_path, settings):
     # Beat ticks only once a minute here: the probe must come from the registration itself.
-    stack = LiveStack(tmp_path, probe_interval=60.0, components=("worker",)).start()
+    stack = LiveStack(tmp_path, probe_interval=60.0, components=("worker",), embedded_beat=False).start()
     try:
         settings.PROBE_ON_REGISTER = True
         host, port = fake_fleet.add(models=["mistral:7b"])

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.fake_ollama import FakeFleet
 from registry import ollama
-from registry.fake_ollama import FakeFleet
 from registry.ollama import OllamaError, ProbeTarget, probe, probe_many
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ollama"

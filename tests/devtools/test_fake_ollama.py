@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.fake_ollama import FakeEndpoint, FakeFleet, fake_fleet
+from devtools.fake_ollama import FakeEndpoint, FakeFleet, fake_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,9 +130,9 @@ def test_oversized_mode_streams_more_than_two_mib_of_valid_json(fleet):
 
 def test_flapping_alternates_healthy_and_http500_every_period(monkeypatch):
     endpoint = FakeEndpoint(host="127.0.0.1", port=1, mode="flapping", period=10)
-    monkeypatch.setattr("registry.fake_ollama.time.time", lambda: 1_000_005.0)
+    monkeypatch.setattr("devtools.fake_ollama.time.time", lambda: 1_000_005.0)
     assert endpoint.current_mode() == "healthy"
-    monkeypatch.setattr("registry.fake_ollama.time.time", lambda: 1_000_015.0)
+    monkeypatch.setattr("devtools.fake_ollama.time.time", lambda: 1_000_015.0)
     assert endpoint.current_mode() == "http500"
 
 
@@ -162,7 +162,7 @@ def test_command_line_serves_a_spec_and_stops_on_sigterm(tmp_path):
     )
     args = ["--spec", str(spec), "--count", "2", "--address-base", "127.0.68.1", "--port", "0", "--control-port", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "registry.fake_ollama", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "devtools.fake_ollama", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
     try:
         lines = [proc.stdout.readline().strip() for _ in range(6)]

@@ -15,9 +15,9 @@ the cloud metadata address); refused (the socket stops listening); no_ps (404 on
 old Ollama); flapping (healthy and http500 alternating every `period` s). Model names are
 rendered exactly as given (pass "llama3:8b" to get a tag).
 
-    python -m registry.fake_ollama --count 1000 --address-base 127.0.10.1 --port 11434
-    python -m registry.fake_ollama --count 20 --base-port 21000 --models llama3,mistral
-    python -m registry.fake_ollama --spec demo.json --control-port 11500
+    python -m devtools.fake_ollama --count 1000 --address-base 127.0.10.1 --port 11434
+    python -m devtools.fake_ollama --count 20 --base-port 21000 --models llama3,mistral
+    python -m devtools.fake_ollama --spec demo.json --control-port 11500
 
 A spec file is `{"endpoints": [{"host", "port", "models", "loaded", "mode", "delay", "period"}]}`
 (or just the list). The CLI prints one `http://host:port` per endpoint, then `control: URL` last.
@@ -457,7 +457,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m registry.fake_ollama", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.fake_ollama", description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, help="number of endpoints (default 1, or 0 with --spec)")
     parser.add_argument("--address-base", help="first loopback address, one endpoint per address")
     parser.add_argument("--port", type=int, default=11434, help="port used with --address-base")

@@ -3,12 +3,13 @@
     python -m devtools.demo [--hub http://127.0.0.1:8000] [--interval 3]
 
 Run beside a hub (the launcher's `demo` starts both) with the hub's environment: it uses the hub's
-database to keep one sidecar token across runs and to register the hosts whose sidecar is silent.
+database to keep its sidecar tokens (one per simulated host) across runs and to register the hosts whose sidecar is silent.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
@@ -25,7 +26,7 @@ from devtools.fake_ollama import FakeFleet
 
 logger = logging.getLogger("devtools.demo")
 GIB = 1024**3
-TOKEN_FILE = "demo-sidecar-token"
+TOKEN_FILE = "demo-sidecar-tokens.json"
 
 
 @dataclass
@@ -93,22 +94,28 @@ FLEET = [
 ]
 
 
-def sidecar_token(path: Path) -> str:
-    """The token kept in `path` while the hub still accepts it as a sidecar's; else a new one, kept there."""
+def sidecar_tokens(path: Path, hosts: list[str]) -> dict[str, str]:
+    """One sidecar token per simulated host (a sidecar token reports for its own host only), kept
+    in `path` (JSON, 0600) while the hub still accepts them; missing or refused ones are replaced."""
     from registry import services
     from registry.models import Token
 
-    if path.exists():
-        raw = path.read_text().strip()
-        token = services.authenticate_token(raw) if raw else None
-        if token is not None and token.scope == Token.Scope.SIDECAR:
-            return raw
-    raw = services.create_token(Token.Scope.SIDECAR, "demo fleet")[1]
+    try:
+        kept = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        kept = {}
+    tokens = {}
+    for host in hosts:
+        raw = kept.get(host) if isinstance(kept, dict) else None
+        token = services.authenticate_token(raw) if isinstance(raw, str) else None
+        if token is None or token.scope != Token.Scope.SIDECAR or token.host not in ("", host):
+            raw = services.create_token(Token.Scope.SIDECAR, f"demo {host}", host=host)[1]
+        tokens[host] = raw
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(raw + "\n")
+        json.dump(tokens, out)
     path.chmod(0o600)  # also when an older file had looser permissions
-    return raw
+    return tokens
 
 
 def serve(fleet: FakeFleet) -> dict[str, str]:
@@ -159,7 +166,7 @@ class Demo:
                 pass
             self.sleep(0.5)
 
-    def report_all(self, client: httpx.Client, token: str, urls: dict[str, str]) -> None:
+    def report_all(self, client: httpx.Client, tokens: dict[str, str], urls: dict[str, str]) -> None:
         from agentcom_sidecar.agent import build_report, send_report
 
         for host in FLEET:
@@ -170,11 +177,11 @@ class Demo:
             report = build_report(
                 host.resources(), hostname=f"{host.name}.demo", host=host.name, ollama_url=urls[host.name]
             )
-            result = send_report(client, self.hub, token, report)
+            result = send_report(client, self.hub, tokens[host.name], report)
             if result.outcome != "ok":
                 logger.warning("demo report for %s: %s %s", host.name, result.outcome, result.detail)
 
-    def run(self, token: str) -> None:
+    def run(self, tokens: dict[str, str]) -> None:
         fleet = FakeFleet().start()
         try:
             urls = serve(fleet)
@@ -183,7 +190,7 @@ class Demo:
             register_silent_hosts(urls)
             with httpx.Client() as client:
                 while self.running:
-                    self.report_all(client, token, urls)
+                    self.report_all(client, tokens, urls)
                     self.sleep(self.interval)
         finally:
             fleet.stop()
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     demo = Demo(args.hub, args.interval)
     signal.signal(signal.SIGTERM, demo.stop)
     signal.signal(signal.SIGINT, demo.stop)
-    demo.run(sidecar_token(Path(settings.RUN_DIR) / TOKEN_FILE))
+    demo.run(sidecar_tokens(Path(settings.RUN_DIR) / TOKEN_FILE, [h.name for h in FLEET if h.reports]))
 
 
 if __name__ == "__main__":

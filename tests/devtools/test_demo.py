@@ -1,7 +1,8 @@
-"""The demo keeps one sidecar token across runs, and its simulated sidecars send reports the hub accepts."""
+"""The demo keeps one sidecar token per simulated host across runs, and its simulated sidecars send reports the hub accepts."""
 
 from __future__ import annotations
 
+import json
 import stat
 
 from devtools import demo
@@ -9,27 +10,27 @@ from registry import services
 from registry.models import Endpoint, Host, Token
 
 
-def test_the_demo_keeps_one_private_sidecar_token_across_runs(db, tmp_path):
+def test_the_demo_keeps_one_private_token_per_host_across_runs(db, tmp_path):
     path = tmp_path / demo.TOKEN_FILE
-    first = demo.sidecar_token(path)
+    first = demo.sidecar_tokens(path, ["gpu-a", "gpu-b"])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert demo.sidecar_token(path) == first
-    assert Token.objects.filter(scope=Token.Scope.SIDECAR).count() == 1
+    assert demo.sidecar_tokens(path, ["gpu-a", "gpu-b"]) == first
+    assert dict(Token.objects.values_list("host", "scope")) == {"gpu-a": "sidecar", "gpu-b": "sidecar"}
 
 
 def test_a_revoked_or_foreign_demo_token_is_replaced(db, tmp_path):
     path = tmp_path / demo.TOKEN_FILE
-    first = demo.sidecar_token(path)
+    first = demo.sidecar_tokens(path, ["gpu-a"])["gpu-a"]
     services.revoke_tokens(Token.objects.values_list("id", flat=True))
-    second = demo.sidecar_token(path)
+    second = demo.sidecar_tokens(path, ["gpu-a"])["gpu-a"]
     assert second != first
-    assert path.read_text().strip() == second
-    path.write_text("not-a-token-this-database-knows\n")
+    assert json.loads(path.read_text()) == {"gpu-a": second}
+    path.write_text("not json at all")
     path.chmod(0o644)
-    third = demo.sidecar_token(path)
+    third = demo.sidecar_tokens(path, ["gpu-a"])["gpu-a"]
     assert third not in (first, second)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert services.authenticate_token(third).scope == Token.Scope.SIDECAR
+    assert services.authenticate_token(third).host == "gpu-a"
 
 
 def test_every_simulated_sidecar_report_is_accepted_by_the_hub(db):

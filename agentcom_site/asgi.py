@@ -16,7 +16,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
-from registry.ingest import ReportRoute  # noqa: E402
+from registry.ingest import ReportRoute, ReportSocket  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -24,6 +24,8 @@ application = ProtocolTypeRouter(
         # needs no web server in front; behind a proxy, serve STATIC_ROOT there instead.
         # Well-formed sidecar reports take a lean path (registry/ingest.py); the rest is Django.
         "http": ReportRoute(ASGIStaticFilesHandler(django_asgi_app)),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Sidecars may keep one socket open for their reports (/ws/sidecar/, bearer token, no
+        # browser origin); every other socket is a logged-in dashboard from an allowed origin.
+        "websocket": ReportSocket(AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -86,11 +86,13 @@ DATABASE_URL = env_str("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
     if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        DATABASES["default"]["ENGINE"] = "agentcom_site.sqlite"
         DATABASES["default"]["OPTIONS"] = dict(_SQLITE_OPTIONS)
 else:
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            # Django's SQLite with writers queued in the kernel (agentcom_site/sqlite/base.py).
+            "ENGINE": "agentcom_site.sqlite",
             "NAME": RUN_DIR / "db.sqlite3",
             "OPTIONS": dict(_SQLITE_OPTIONS),
             # Reuse a thread's connection (opening one costs PRAGMAs and a file open per request).

@@ -249,3 +249,50 @@ def percentile(values: list[float], p: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+class SocketClient:
+    """One sidecar's report socket (/ws/sidecar/): frames are sent at once, replies matched by seq."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port, self.token = port, token
+        self.ws = None
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.seq = 0
+
+    async def connect(self) -> SocketClient:
+        import websockets
+
+        self.ws = await websockets.connect(
+            f"ws://127.0.0.1:{self.port}/ws/sidecar/",
+            additional_headers={"Authorization": f"Bearer {self.token}"},
+            max_size=2**20,
+            ping_interval=None,
+        )
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                reply = json.loads(message)
+                future = self.waiting.pop(reply.get("seq"), None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except Exception:  # the socket closed: fail whatever still waits
+            pass
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionError("socket closed"))
+        self.waiting.clear()
+
+    async def report(self, body: dict) -> dict:
+        self.seq += 1
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[self.seq] = future
+        await self.ws.send(json.dumps({"seq": self.seq, "report": body}))
+        return await future
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()

@@ -27,6 +27,7 @@ from hubstack import (
     BASE_DIR,
     Client,
     Hub,
+    SocketClient,
     make_tokens,
     percentile,
     report_body,
@@ -91,11 +92,34 @@ class Screen:
                             self.seen.setdefault((host, row["cpu_percent"]), now)
 
 
-async def step(client: Client, rate: float, seconds: float, tokens: list[str], offset: int, rng) -> dict:
+class Sender:
+    """Send one report of host i: over REST (a pool of keep-alive connections) or over each
+    host's own report socket, as a sidecar with `--transport ws` does."""
+
+    def __init__(self, port: int, tokens: list[str], transport: str) -> None:
+        self.port, self.tokens, self.transport = port, tokens, transport
+        self.client = Client(port)
+        self.sockets: dict[int, SocketClient] = {}
+
+    async def send(self, i: int, body: dict) -> int:
+        if self.transport == "http":
+            status, _, _ = await self.client.post(REPORT_PATH, json.dumps(body).encode(), self.tokens[i])
+            return status
+        if i not in self.sockets:
+            self.sockets[i] = await SocketClient(self.port, self.tokens[i]).connect()
+        return (await self.sockets[i].report(body))["status"]
+
+    async def close(self) -> None:
+        self.client.close()
+        await asyncio.gather(*(s.close() for s in self.sockets.values()), return_exceptions=True)
+
+
+async def step(client: Sender, rate: float, seconds: float, tokens: list[str], offset: int, rng) -> dict:
     """Send `rate` reports/s for `seconds`, on schedule; return raw outcomes."""
     n = int(rate * seconds)
     hosts = len(tokens)
     outcomes: list[tuple[int, float, float, dict | None]] = []  # status, scheduled, latency, body
+    errors: dict[str, int] = {}
     start = time.monotonic() + 0.05
     tasks = []
 
@@ -103,9 +127,10 @@ async def step(client: Client, rate: float, seconds: float, tokens: list[str], o
         i = (offset + k) % hosts
         body = report_body(i, rng)
         try:
-            status, _, _ = await client.post(REPORT_PATH, json.dumps(body).encode(), tokens[i])
-        except (OSError, asyncio.IncompleteReadError, ConnectionError):
+            status = await client.send(i, body)
+        except (OSError, asyncio.IncompleteReadError, ConnectionError) as exc:
             status = -1
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
         outcomes.append((status, at, time.monotonic() - at, body if 200 <= status < 300 else None))
 
     for k in range(n):
@@ -115,6 +140,8 @@ async def step(client: Client, rate: float, seconds: float, tokens: list[str], o
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(k, at)))
     await asyncio.gather(*tasks)
+    if errors:
+        print(f"client errors: {errors}")
     return {"outcomes": outcomes, "start": start, "end": time.monotonic()}
 
 
@@ -177,7 +204,7 @@ def lost_reports(acked: dict[str, dict]) -> int:
 
 
 async def main_async(args, hub: Hub, tokens: list[str], cookie: str, watch: SweepWatch) -> dict:
-    client = Client(hub.port)
+    client = Sender(hub.port, tokens, args.transport)
     rng = random.Random(7)
     screen = Screen(hub.url, cookie)
     ready = asyncio.Event()
@@ -208,7 +235,7 @@ async def main_async(args, hub: Hub, tokens: list[str], cookie: str, watch: Swee
     await asyncio.sleep(2)
     lost = await asyncio.to_thread(_closing, lost_reports, acked)
     screen_task.cancel()
-    client.close()
+    await client.close()
     return {"steps": steps, "acknowledged_hosts": len(acked), "lost": lost, "largest_frame_bytes": screen.largest}
 
 
@@ -254,6 +281,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--probe-interval", type=float, default=15)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--transport", choices=["http", "ws"], default="http")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     env = setup_django(folder, args.database_url, args.probe_interval)
@@ -273,9 +301,11 @@ def main() -> None:
         watch.stopping.set()
         hub.stop()
         fleet.terminate()
-    result.update(database=database, hosts=args.hosts, seconds_per_step=args.seconds, logs=str(folder))
+    result.update(
+        database=database, transport=args.transport, hosts=args.hosts, seconds_per_step=args.seconds, logs=str(folder)
+    )
     print_table(result)
-    out = BASE_DIR / "bench" / "results" / f"ingest-{database}.json"
+    out = BASE_DIR / "bench" / "results" / f"ingest-{database}-{args.transport}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -375,17 +375,20 @@ def _record_batch(results: list[ollama.ProbeResult], now: datetime) -> list[int]
     3. Model rows are synchronised only when the set of models or their details changed.
     """
     by_id = {r.id: r for r in results}
+    # Compare before taking the write lock (readers never wait on SQLite in WAL mode): in the
+    # steady state nothing changed and the transaction below is one UPDATE, held for a moment.
+    differing = {e.id: by_id[e.id] for e in _with_models(by_id) if _would_change(e, by_id[e.id])}
     changed: list[int] = []
     with transaction.atomic():
         Endpoint.objects.filter(id__in=list(by_id)).update(last_checked_at=now)
         try:
             with transaction.atomic():
-                changed = [e.id for e in _with_models(by_id) if _record_one(e, by_id[e.id])]
+                changed = [e.id for e in _with_models(differing) if _record_one(e, differing[e.id])]
         except OperationalError:
             raise  # the database itself is busy: the caller tries the batch again
         except Exception:
             # One endpoint's odd reply must not lose the batch: redo it, one savepoint each.
-            changed = _record_each(by_id)
+            changed = _record_each(differing)
         if changed:
             signals.endpoints_changed.send(sender=Endpoint, ids=changed)
         signals.endpoints_checked.send(sender=Endpoint, ids=list(by_id), at=now)
@@ -393,7 +396,15 @@ def _record_batch(results: list[ollama.ProbeResult], now: datetime) -> list[int]
 
 
 def _with_models(by_id: dict[int, ollama.ProbeResult]):
+    if not by_id:
+        return []
     return Endpoint.objects.filter(id__in=list(by_id)).prefetch_related("models")
+
+
+def _would_change(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
+    """Whether recording `result` would write anything (read-only)."""
+    status, fields = _probe_fields(endpoint, result)
+    return status != endpoint.status or bool(fields) or (result.ok and any(_model_plan(endpoint, result.models)))
 
 
 def _record_each(by_id: dict[int, ollama.ProbeResult]) -> list[int]:
@@ -429,7 +440,8 @@ def _latency_moved(old: int | None, new: int | None) -> bool:
     return abs(new - old) > max(50, old)
 
 
-def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
+def _probe_fields(endpoint: Endpoint, result: ollama.ProbeResult) -> tuple[str, dict]:
+    """The endpoint's next status and the columns the probe changes (nothing written)."""
     status, failures = next_status(
         endpoint.status, endpoint.consecutive_failures, result.ok, settings.UNHEALTHY_AFTER_FAILURES
     )
@@ -438,7 +450,11 @@ def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
         fields["version"] = _text(result.version, 50)
     if _latency_moved(endpoint.latency_ms, result.latency_ms):
         fields["latency_ms"] = result.latency_ms
-    fields = {k: v for k, v in fields.items() if getattr(endpoint, k) != v}
+    return status, {k: v for k, v in fields.items() if getattr(endpoint, k) != v}
+
+
+def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
+    status, fields = _probe_fields(endpoint, result)
     visible = status != endpoint.status or bool(set(fields) - {"consecutive_failures", "latency_ms"})
     bump = {"revision": F("revision") + 1} if visible else {}
     if status != endpoint.status:
@@ -457,21 +473,35 @@ def _same(field: str, old, new) -> bool:
     return old == new
 
 
+_MODEL_FIELDS = (
+    "digest",
+    "size",
+    "family",
+    "parameter_size",
+    "quantization",
+    "modified_at",
+    "loaded",
+    "size_vram",
+    "expires_at",
+)
+
+
 def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> bool:
     """Make the endpoint's model rows equal `models`; return whether anything changed."""
+    to_create, to_update, stale = _model_plan(endpoint, models)
+    if stale:
+        EndpointModel.objects.filter(id__in=stale).delete()
+    if to_create:
+        EndpointModel.objects.bulk_create(to_create)
+    if to_update:
+        EndpointModel.objects.bulk_update(to_update, _MODEL_FIELDS)
+    return bool(stale or to_create or to_update)
+
+
+def _model_plan(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> tuple[list, list, list]:
+    """(rows to create, rows to update, ids to delete) to make the model rows equal `models`."""
     current = {m.name: m for m in endpoint.models.all()}
     wanted = {_text(m.name, 200): m for m in models}
-    fields = (
-        "digest",
-        "size",
-        "family",
-        "parameter_size",
-        "quantization",
-        "modified_at",
-        "loaded",
-        "size_vram",
-        "expires_at",
-    )
     to_create, to_update = [], []
     for name, info in wanted.items():
         values = {
@@ -488,18 +518,12 @@ def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> bool
         row = current.get(name)
         if row is None:
             to_create.append(EndpointModel(endpoint=endpoint, name=name, **values))
-        elif any(not _same(f, getattr(row, f), values[f]) for f in fields):
-            for f in fields:
+        elif any(not _same(f, getattr(row, f), values[f]) for f in _MODEL_FIELDS):
+            for f in _MODEL_FIELDS:
                 setattr(row, f, values[f])
             to_update.append(row)
     stale = [row.id for name, row in current.items() if name not in wanted]
-    if stale:
-        EndpointModel.objects.filter(id__in=stale).delete()
-    if to_create:
-        EndpointModel.objects.bulk_create(to_create)
-    if to_update:
-        EndpointModel.objects.bulk_update(to_update, fields)
-    return bool(stale or to_create or to_update)
+    return to_create, to_update, stale
 
 
 # --- sidecar reports -------------------------------------------------------------------

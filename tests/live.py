@@ -22,7 +22,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 def test_database_url() -> str:
     """The URL of the database pytest-django created, for the processes we start."""
     db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
+    if db["ENGINE"].endswith(("sqlite3", "agentcom_site.sqlite")):
         return f"sqlite:///{Path(db['NAME']).resolve()}"
     auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"

@@ -21,6 +21,7 @@ from registry import services, wire
 logger = logging.getLogger(__name__)
 
 MAX_FRAME_CHARS = 64 * 1024
+FIRST_ROWS = 200  # rows in the first snapshot frame: more than one screen, read in a few milliseconds
 
 
 class DashboardConsumer(AsyncWebsocketConsumer):
@@ -58,12 +59,24 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "llm_endpoint_error", "error": message})
 
     async def send_snapshot(self) -> None:
-        # Built and cut into frames in a worker thread: thousands of rows must not stall the loop.
-        texts = await database_sync_to_async(lambda: frames.snapshot_frames(services.build_snapshot()))()
+        """The first screen at once, then the rest of the registry in parts (all frames <= 256 KiB).
+
+        Built and cut into frames in a worker thread: thousands of rows must not stall the loop.
+        """
+
+        def opening() -> tuple[list[str], list[int], set[str]]:
+            snapshot, rest = services.snapshot_in_order(FIRST_ROWS)
+            return frames.snapshot_frames(snapshot, more=bool(rest)), rest, set(snapshot["resources"])
+
+        texts, rest, sent_hosts = await database_sync_to_async(opening)()
         # A fresh snapshot supersedes anything queued before it.
         self.pending = None
         for text in texts:
             await self.send(text_data=text)
+        if rest:
+            texts = await database_sync_to_async(lambda: frames.part_frames(services.snapshot_rest(rest, sent_hosts)))()
+            for text in texts:
+                await self.send(text_data=text)
 
     # --- the session: logout anywhere, expiry, deactivation, permissions ----------------
 

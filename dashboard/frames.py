@@ -73,8 +73,9 @@ def _entry(key: str, value: object) -> str:
     return f"{dumps(key)}:{dumps(value)}"
 
 
-def snapshot_frames(snapshot: dict, limit: int | None = None) -> list[str]:
-    """A build_snapshot() as a `snapshot` frame and as many `snapshot_part` frames as needed.
+def snapshot_frames(snapshot: dict, limit: int | None = None, *, more: bool = False) -> list[str]:
+    """A build_snapshot() as a `snapshot` frame and as many `snapshot_part` frames as needed
+    (`more`: further parts follow from part_frames, so none of these is complete).
 
     Rows go in the dashboard's default order, each with its host's resources in the same
     frame, so the first frame alone paints the first screen.
@@ -90,11 +91,20 @@ def snapshot_frames(snapshot: dict, limit: int | None = None) -> list[str]:
             "fleet_loaded": snapshot["fleet_loaded"],
         }
     )
+    return _rows_frames(problems_first(snapshot["endpoints"]), snapshot["resources"], head, limit, last=not more)
+
+
+def part_frames(part: dict, limit: int | None = None) -> list[str]:
+    """The rest of a snapshot (services.snapshot_rest: rows in order, resources) as `snapshot_part` frames."""
+    return _rows_frames(part["endpoints"], part["resources"], None, limit or wire.MAX_FRAME_BYTES, last=True)
+
+
+def _rows_frames(rows: list[dict], resources: dict, head: str | None, limit: int, *, last: bool) -> list[str]:
     part_head = '"type":"snapshot_part"'
     packer = _Packer({"endpoints": "list", "resources": "map"}, limit)
-    resources = dict(snapshot["resources"])
-    frame_head = max(len(head), len(part_head))
-    for row in problems_first(snapshot["endpoints"]):
+    resources = dict(resources)
+    frame_head = max(len(head or ""), len(part_head))
+    for row in rows:
         res = resources.pop(row["host"], None)
         pieces = [("endpoints", dumps(row))]
         if res is not None:
@@ -103,8 +113,8 @@ def snapshot_frames(snapshot: dict, limit: int | None = None) -> list[str]:
     for host, res in resources.items():  # hosts that report but have no endpoint
         packer.add([("resources", _entry(host, res))], head=frame_head)
     n = len(packer.frames)
-    heads = [head] + [part_head] * (n - 1)
-    tails = ['"complete":%s' % ("true" if i == n - 1 else "false") for i in range(n)]
+    heads = ([head] if head else [part_head]) + [part_head] * (n - 1)
+    tails = ['"complete":%s' % ("true" if last and i == n - 1 else "false") for i in range(n)]
     return packer.render(heads, tails)
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from registry import ollama, signals
 from registry.models import Endpoint, EndpointModel, Host, ResourceSnapshot, Token
-from registry.rows import RESOURCE_FIELDS, filter_endpoints, resources_row
+from registry.rows import RESOURCE_FIELDS, filter_endpoints, ids_problems_first, resources_row
 from registry.rows import endpoint_rows as _endpoint_rows
 from registry.schemas import EndpointIn, SidecarReport, host_for_url, split_host
 from registry.status import is_stale, next_status
@@ -922,6 +922,39 @@ def build_snapshot(*, now: datetime | None = None, query: EndpointQuery | None =
         "fleet_models": held,
         "fleet_loaded": loaded,
     }
+
+
+def snapshot_in_order(first: int) -> tuple[dict, list[int]]:
+    """The dashboard's opening: a snapshot of the first `first` endpoints in the dashboard's
+    order (problems first, natural host order), with `total` the whole count, and the ids of
+    the rest in that order (snapshot_rest reads them). Quick whatever the fleet size, so the
+    first screen paints before the rest is read."""
+    now = timezone.now()
+    order = ids_problems_first()
+    head = order[:first]
+    by_id = {row["id"]: row for row in _endpoint_rows(head)}
+    rows = [by_id[i] for i in head if i in by_id]
+    held, loaded = fleet_summary()
+    # All of it fits: every host's resources too (also those of hosts with no endpoint).
+    resources = host_resources({row["host"] for row in rows} if order[first:] else None, now=now)
+    snapshot = {
+        "server_time": now.isoformat(),
+        "stale_after_seconds": settings.STALE_AFTER_SECONDS,
+        "total": len(order),
+        "endpoints": rows,
+        "resources": {name: res for name, res in resources.items() if res is not None},
+        "fleet_models": held,
+        "fleet_loaded": loaded,
+    }
+    return snapshot, order[first:]
+
+
+def snapshot_rest(ids: list[int], sent_hosts: Iterable[str]) -> dict:
+    """The rows of `ids` in that order, and the resources of every host not in `sent_hosts`."""
+    by_id = {row["id"]: row for row in _endpoint_rows(ids)} if ids else {}
+    sent = set(sent_hosts)
+    resources = {name: res for name, res in host_resources().items() if name not in sent}
+    return {"endpoints": [by_id[i] for i in ids if i in by_id], "resources": resources}
 
 
 # --- tokens ----------------------------------------------------------------------------

@@ -169,7 +169,8 @@
   function resourceFor(host) {
     const res = state.resources.get(host);
     if (!res || res.stale) return null;
-    const t = parseTime(res.reported_at);
+    if (res._t === undefined) Object.defineProperty(res, "_t", { value: parseTime(res.reported_at) });
+    const t = res._t;
     if (t === null || serverNow() - t > state.staleAfterSeconds * 1000) return null;
     return res;
   }
@@ -277,11 +278,12 @@
       tr.replaceWith(fresh);
       state.rendered.set(row.id, fresh);
     }
+    // Re-sort only when this change can move the row or change what the filters show.
     const moved =
       !old ||
       old.hostKey !== entry.hostKey ||
       old.row.status !== row.status ||
-      old.search !== entry.search ||
+      (state.view.q && old.search !== entry.search) ||
       (state.view.sort === "checked" && old.row.last_checked_at !== row.last_checked_at);
     if (moved) state.orderDirty = true;
     return moved;
@@ -824,6 +826,9 @@
 
   function setFleet(msg) {
     if (!msg.fleet_models) return;
+    const key = JSON.stringify([msg.fleet_models, msg.fleet_loaded || {}]);
+    if (key === state.fleetKey) return; // every row change carries the summary; most leave it as it was
+    state.fleetKey = key;
     state.fleetModels = msg.fleet_models;
     state.fleetLoaded = msg.fleet_loaded || {};
     renderFleet();
@@ -833,6 +838,7 @@
     syncClock(msg.server_time);
     if (Number.isFinite(msg.stale_after_seconds)) state.staleAfterSeconds = msg.stale_after_seconds;
     // The snapshot is the truth: start over (rows already built are rebuilt as they arrive).
+    state.fleetKey = null;
     state.entries = new Map();
     state.byHost = new Map();
     state.removed = new Set();
@@ -852,8 +858,10 @@
     applyResources(msg.resources, false);
     (msg.endpoints || []).forEach(upsertRow);
     state.orderDirty = true;
+    // Parts come in view order: once a screenful is shown, sort once, at the end.
+    const screenful = Math.ceil(window.innerHeight / (state.rowHeight || 64)) + OVERSCAN;
+    if (msg.complete || state.rendered.size < screenful) renderWindow();
     if (msg.complete) setConnection("live");
-    renderWindow();
     renderSummary();
   }
 
@@ -877,7 +885,8 @@
     }
     afterResources(hosts);
     setFleet(msg);
-    renderWindow();
+    // A change that moved no row was patched in place: no re-window, no layout read.
+    if (state.orderDirty) renderWindow();
     renderSummary();
     if (state.detailsFor && els.details.matches(":popover-open")) {
       const entry = state.entries.get(state.detailsFor.id);

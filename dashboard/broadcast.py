@@ -122,7 +122,8 @@ def build_event(changed: set[int], removed: set[int], hosts: set[str], checked: 
     if changed or removed:
         rows = services.endpoint_rows(changed) if changed else []
         gone = changed - {row["id"] for row in rows}
-        data.update(endpoints=rows, removed=sorted(removed | gone), fleet_models=services.fleet_models())
+        held, loaded = services.fleet_summary()
+        data.update(endpoints=rows, removed=sorted(removed | gone), fleet_models=held, fleet_loaded=loaded)
     if hosts:
         data["resources"] = services.host_resources(hosts)
     return data

@@ -11,15 +11,17 @@ from datetime import UTC, datetime
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from pydantic import ValidationError
 
+from dashboard import frames
 from dashboard.broadcast import GROUP
+from dashboard.sessions import session_digest, session_state, user_group
 from registry import services, wire
 
 logger = logging.getLogger(__name__)
 
 MAX_FRAME_CHARS = 64 * 1024
+FIRST_ROWS = 200  # rows in the first snapshot frame: more than one screen, read in a few milliseconds
 
 
 class DashboardConsumer(AsyncWebsocketConsumer):
@@ -33,27 +35,77 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.removed_ids: set[int] = set()  # a late row for one of these must not resurrect it
         self.last_flush = 0.0
         self.flush_handle: asyncio.TimerHandle | None = None
+        self.session_key = self.scope["session"].session_key
+        self.perms: tuple[bool, bool] | None = None
         await self.channel_layer.group_add(GROUP, self.channel_name)
+        await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await self.accept()
+        self.check_task = asyncio.ensure_future(self._check_session_every())
         await self.send_snapshot()
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "flush_handle", None):
             self.flush_handle.cancel()
+        if getattr(self, "check_task", None):
+            self.check_task.cancel()
         if hasattr(self, "user"):
             await self.channel_layer.group_discard(GROUP, self.channel_name)
+            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
 
     async def send_json(self, data: dict) -> None:
-        await self.send(text_data=json.dumps(data, separators=(",", ":")))
+        await self.send(text_data=frames.dumps(data))
 
     async def send_error(self, message: str) -> None:
         await self.send_json({"type": "llm_endpoint_error", "error": message})
 
     async def send_snapshot(self) -> None:
-        snapshot = await database_sync_to_async(services.build_snapshot)()
+        """The first screen at once, then the rest of the registry in parts (all frames <= 256 KiB).
+
+        Built and cut into frames in a worker thread: thousands of rows must not stall the loop.
+        """
+
+        def opening() -> tuple[list[str], list[int], set[str]]:
+            snapshot, rest = services.snapshot_in_order(FIRST_ROWS)
+            return frames.snapshot_frames(snapshot, more=bool(rest)), rest, set(snapshot["resources"])
+
+        texts, rest, sent_hosts = await database_sync_to_async(opening)()
         # A fresh snapshot supersedes anything queued before it.
         self.pending = None
-        await self.send_json({"type": "snapshot", **snapshot})
+        for text in texts:
+            await self.send(text_data=text)
+        if rest:
+            texts = await database_sync_to_async(lambda: frames.part_frames(services.snapshot_rest(rest, sent_hosts)))()
+            for text in texts:
+                await self.send(text_data=text)
+
+    # --- the session: logout anywhere, expiry, deactivation, permissions ----------------
+
+    async def session_check(self, event: dict) -> None:
+        """A login, logout or permission change of this user somewhere (dashboard.receivers)."""
+        await self.check_session()
+
+    async def session_ended(self, event: dict) -> None:
+        """This user logged out somewhere; close if it was this session."""
+        if self.session_key and event.get("session") == session_digest(self.session_key):
+            await self.close(code=wire.CLOSE_SESSION_ENDED)
+
+    async def check_session(self) -> None:
+        state, can_add, can_delete = await database_sync_to_async(session_state)(self.session_key, self.user.pk)
+        if state != "ok":
+            code = wire.CLOSE_DEACTIVATED if state == "deactivated" else wire.CLOSE_SESSION_ENDED
+            await self.close(code=code)
+            return
+        if self.perms is not None and self.perms != (can_add, can_delete):
+            await self.send_json({"type": "llm_permissions", "can_add": can_add, "can_delete": can_delete})
+        self.perms = (can_add, can_delete)
+
+    async def _check_session_every(self) -> None:
+        while True:
+            try:
+                await self.check_session()
+            except Exception:  # a database hiccup: try again at the next tick
+                logger.warning("could not check a dashboard session", exc_info=True)
+            await asyncio.sleep(settings.DASHBOARD_SESSION_CHECK_SECONDS)
 
     # --- commands from the browser ---------------------------------------------------
 
@@ -116,12 +168,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         endpoint, _ = services.register_endpoint(address, port, name)
         return services.endpoint_rows([endpoint.id])[0]
 
-    @database_sync_to_async
-    def has_perm(self, perm: str) -> bool:
-        # Fresh from the database: a permission revoked (or a user deactivated) while the
-        # socket is open takes effect at once, not at the next connect.
-        user = get_user_model().objects.filter(pk=self.user.pk, is_active=True).first()
-        return user is not None and user.has_perm(perm)
+    async def has_perm(self, perm: str) -> bool:
+        # Fresh from the database: a permission revoked, a user deactivated or a session ended
+        # while the socket is open takes effect at once, not at the next connect.
+        state, can_add, can_delete = await database_sync_to_async(session_state)(self.session_key, self.user.pk)
+        return state == "ok" and {"registry.add_endpoint": can_add, "registry.delete_endpoint": can_delete}[perm]
 
     # --- events from the channel layer, coalesced -------------------------------------
 
@@ -142,6 +193,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
                 "removed": set(),
                 "resources": {},
                 "fleet_models": None,
+                "fleet_loaded": None,
                 "checked": {},
             }
         for endpoint_id in data.get("removed", ()):
@@ -160,6 +212,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         pending["resources"].update(data.get("resources", {}))
         if data.get("fleet_models") is not None:
             pending["fleet_models"] = data["fleet_models"]
+            pending["fleet_loaded"] = data.get("fleet_loaded", {})
 
     async def flush(self) -> None:
         self.flush_handle = None
@@ -176,9 +229,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         }
         if pending["fleet_models"] is not None:
             frame["fleet_models"] = pending["fleet_models"]
+            frame["fleet_loaded"] = pending["fleet_loaded"]
         if pending["checked"]:
             frame["checked"] = pending["checked"]
         try:
-            await self.send_json(frame)
+            for text in frames.update_frames(frame):
+                await self.send(text_data=text)
         except Exception:  # the socket closed between scheduling and sending
             logger.debug("dropping an update for a closed dashboard socket")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
-from django.http import HttpRequest
-from ninja import Body, NinjaAPI, Schema, Status
+from django.http import HttpRequest, HttpResponse
+from ninja import Body, NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
 
@@ -148,16 +149,39 @@ ANY_ROUTE = (401, 403, 503)
 ERRORS = errors(400, 401, 403, 404, 409, 413)
 
 
-def _send(request, data, status: int = 200):
+def _send(request, data, status: int = 200, headers: dict | None = None):
     # Rows are plain dicts already in wire shape; the tests validate them against registry.wire,
-    # so a response is not rebuilt as thousands of pydantic objects per request.
-    return api.create_response(request, data, status=status)
+    # so a response is not rebuilt as thousands of pydantic objects per request, and orjson
+    # writes a snapshot of 1,000 endpoints ~10x faster than the json module.
+    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
-@api.get("/endpoints", auth=admin_auth, response={200: list[EndpointRow], **errors(*ANY_ROUTE)}, tags=["endpoints"])
-def list_endpoints(request):
-    """List every registered endpoint with its status and models."""
-    return _send(request, services.endpoint_rows())
+def _query(status: str, model: str, q: str, offset: int, limit: int | None) -> services.EndpointQuery:
+    return services.EndpointQuery(status=status.strip(), model=model.strip(), q=q.strip(), offset=offset, limit=limit)
+
+
+# The filters and paging both read routes take (each optional).
+STATUS_Q = Query("", description="only endpoints with this status: unknown, healthy or unhealthy")
+MODEL_Q = Query("", description='only endpoints holding this model ("llama3" also matches "llama3:8b")')
+TEXT_Q = Query("", description="only endpoints whose host, address, name or a model's name contains this text")
+OFFSET_Q = Query(0, description="skip this many matching endpoints (ordered by address, port)")
+LIMIT_Q = Query(None, description=f"at most this many endpoints (1 to {services.MAX_PAGE}); all when absent")
+
+
+@api.get(
+    "/endpoints",
+    auth=admin_auth,
+    response={200: list[EndpointRow], **errors(400, *ANY_ROUTE)},
+    tags=["endpoints"],
+)
+def list_endpoints(
+    request, status: str = STATUS_Q, model: str = MODEL_Q, q: str = TEXT_Q, offset: int = OFFSET_Q,
+    limit: int | None = LIMIT_Q,
+):  # fmt: skip
+    """List the registered endpoints with their status and models (all, or those matching the
+    filters, a page at a time); the header X-Total-Count says how many match in all."""
+    rows, total = services.find_endpoints(_query(status, model, q, offset, limit))
+    return _send(request, rows, headers={"X-Total-Count": str(total)})
 
 
 @api.post(
@@ -205,12 +229,16 @@ def delete_endpoint(request, endpoint_id: int):
 @api.get(
     "/snapshot",
     auth=[TokenAuth(Token.Scope.ADMIN), UserSession()],
-    response={200: Snapshot, **errors(*ANY_ROUTE)},
+    response={200: Snapshot, **errors(400, *ANY_ROUTE)},
     tags=["fleet"],
 )
-def snapshot(request):
-    """The whole registry: endpoints, latest resources per host, fleet model summary."""
-    return _send(request, services.build_snapshot())
+def snapshot(
+    request, status: str = STATUS_Q, model: str = MODEL_Q, q: str = TEXT_Q, offset: int = OFFSET_Q,
+    limit: int | None = LIMIT_Q,
+):  # fmt: skip
+    """The registry: endpoints (all, or a filtered page: `total` says how many match), latest
+    resources per host (of the rows' hosts when filtered), fleet model summary."""
+    return _send(request, services.build_snapshot(query=_query(status, model, q, offset, limit)))
 
 
 @api.post(

@@ -89,7 +89,8 @@ class ResourcesRow(_Out):
     stale: bool = Field(description="silent for longer than stale_after_seconds: show unknown, not the numbers")
 
 
-FleetModels = dict[str, int]  # model name -> number of distinct hosts holding it, most widespread first
+FleetModels = dict[str, int]  # model name -> number of distinct reachable hosts holding it, most widespread first
+FleetLoaded = dict[str, int]  # model name -> number of distinct reachable hosts where it is loaded (absent: none)
 
 
 class Snapshot(_Out):
@@ -97,9 +98,16 @@ class Snapshot(_Out):
 
     server_time: datetime
     stale_after_seconds: int
+    total: int = Field(description="endpoints matching the filters in all (endpoints holds one page of them)")
     endpoints: list[EndpointRow]
-    resources: dict[str, ResourcesRow] = Field(description="host name -> latest resources (hosts that reported)")
-    fleet_models: FleetModels = Field(description="model name -> number of distinct hosts, most widespread first")
+    resources: dict[str, ResourcesRow] = Field(
+        description="host name -> latest resources (hosts that reported; when filtered, only the rows' hosts)"
+    )
+    fleet_models: FleetModels = Field(
+        description="model name -> number of distinct hosts holding it among endpoints that answer (healthy), "
+        "most widespread first; never filtered"
+    )
+    fleet_loaded: FleetLoaded = Field(description="model name -> number of those hosts where it is loaded now")
 
 
 class ErrorBody(_Out):
@@ -111,11 +119,28 @@ class ErrorBody(_Out):
 
 # --- WebSocket frames, server -> browser --------------------------------------------------
 
+MAX_FRAME_BYTES = 256 * 1024  # no server -> browser frame is larger (UTF-8 bytes of its JSON)
+CLOSE_SESSION_ENDED = 4401  # logged out (in any tab) or the session expired: log in again
+CLOSE_DEACTIVATED = 4403  # the account was deactivated
+
 
 class SnapshotFrame(Snapshot):
-    """Sent on connect and in reply to `request_snapshot`."""
+    """Sent on connect and in reply to `request_snapshot`: the whole registry, in the dashboard's
+    default order (problems first, then by host in natural order). A frame never exceeds
+    MAX_FRAME_BYTES: when the registry does not fit, this frame carries the first rows and
+    `snapshot_part` frames carry the rest, back to back."""
 
     type: Literal["snapshot"]
+    complete: bool = Field(description="false: snapshot_part frames follow until one says complete")
+
+
+class SnapshotPartFrame(_Out):
+    """The rest of a snapshot too large for one frame (rows and the resources of their hosts)."""
+
+    type: Literal["snapshot_part"]
+    endpoints: list[EndpointRow]
+    resources: dict[str, ResourcesRow]
+    complete: bool = Field(description="true on the last part")
 
 
 class RegistryUpdateFrame(_Out):
@@ -128,6 +153,7 @@ class RegistryUpdateFrame(_Out):
     resources: dict[str, ResourcesRow | None] = Field(description="hosts whose resources changed; null: drop the host")
     # Omitted (never null) when nothing that changes them changed.
     fleet_models: FleetModels = Field(default=None, description="the new fleet summary; omitted when unchanged")
+    fleet_loaded: FleetLoaded = Field(default=None, description="sent with fleet_models")
     checked: dict[str, datetime] = Field(
         default=None, description="endpoint id -> when an endpoint whose probe changed nothing was last probed"
     )
@@ -145,6 +171,17 @@ class EndpointRemovedFrame(_Out):
 
     type: Literal["llm_endpoint_removed"]
     id: int
+
+
+class PermissionsFrame(_Out):
+    """What this user may do now: sent when an account's permissions change while connected.
+
+    A session that ends (logout anywhere, expiry) or an account deactivated closes the socket
+    instead, with code 4401 (session ended) or 4403 (account deactivated)."""
+
+    type: Literal["llm_permissions"]
+    can_add: bool
+    can_delete: bool
 
 
 class EndpointErrorFrame(_Out):
@@ -197,6 +234,8 @@ BROWSER_FRAMES: dict[str, type[BaseModel]] = {
 }
 SERVER_FRAMES: dict[str, type[BaseModel]] = {
     "snapshot": SnapshotFrame,
+    "snapshot_part": SnapshotPartFrame,
+    "llm_permissions": PermissionsFrame,
     "llm_registry_update": RegistryUpdateFrame,
     "llm_endpoint_registered": EndpointRegisteredFrame,
     "llm_endpoint_removed": EndpointRemovedFrame,

@@ -10,6 +10,7 @@ from django.test import Client
 
 from registry import services
 from registry.models import Token
+from registry.rows import forget_cached_models
 
 PASSWORD = "correct horse battery staple"
 
@@ -34,6 +35,7 @@ def _no_publishing_after_the_tests(django_db_setup):
 def _fresh_token_cache():
     """Token ids repeat between tests (rolled back); a cached token must not leak into the next."""
     services.forget_cached_tokens()
+    forget_cached_models()
 
 
 @pytest.fixture

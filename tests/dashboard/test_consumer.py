@@ -223,3 +223,47 @@ def test_a_late_older_row_or_a_row_for_a_removed_endpoint_is_not_shown():
     consumer.merge({"removed": [2]})
     consumer.merge({"endpoints": [{"id": 2, "revision": 9}]})
     assert 2 not in consumer.pending["endpoints"] and consumer.pending["removed"] == {2}
+
+
+# --- the session ends or changes while the page is open ---------------------------------------
+
+
+async def closed_with(communicator, timeout: float = 5) -> int | None:
+    """The close code the server sent (frames before it are skipped)."""
+    while True:
+        output = await communicator.receive_output(timeout=timeout)
+        if output["type"] == "websocket.close":
+            return output.get("code")
+
+
+async def test_logging_out_in_another_tab_closes_the_socket_so_the_page_goes_to_login(operator):
+    client = Client()
+    await sync_to_async(client.force_login)(operator)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=[ORIGIN, (b"cookie", cookie)])
+    assert (await communicator.connect(timeout=5))[0]
+    await receive_until(communicator, "snapshot")
+    response = await sync_to_async(client.post)("/accounts/logout/")
+    assert response.status_code == 302
+    assert await closed_with(communicator) == 4401
+    await communicator.disconnect()
+
+
+async def test_a_deactivated_account_is_disconnected_at_once(operator, operator_ws):
+    await receive_until(operator_ws, "snapshot")
+    operator.is_active = False
+    await sync_to_async(operator.save)()
+    assert await closed_with(operator_ws) == 4403
+
+
+async def test_another_session_of_the_same_user_stays_open_when_one_logs_out(operator):
+    first, second = await connect(operator), await connect(operator)
+    await receive_until(first, "snapshot")
+    await receive_until(second, "snapshot")
+    other = Client()
+    await sync_to_async(other.force_login)(operator)
+    await sync_to_async(other.post)("/accounts/logout/")
+    await second.send_json_to({"type": "request_snapshot"})
+    assert (await receive_until(second, "snapshot"))["type"] == "snapshot"
+    await first.disconnect()
+    await second.disconnect()

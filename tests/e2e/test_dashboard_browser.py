@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from django.contrib.auth.models import Permission, User
 
 from registry import services
 from tests.conftest import PASSWORD
@@ -36,36 +35,8 @@ def stack(tmp_path):
     live.stop()
 
 
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def operator_user(db):
-    def make():
-        user = User.objects.create_user("operator", password=PASSWORD, is_staff=True)
-        user.user_permissions.add(*Permission.objects.filter(codename__in=["add_endpoint", "delete_endpoint"]))
-        return user
-
-    return in_thread(make)
-
-
 def open_dashboard(browser, stack, username="operator"):
-    page = browser.new_page(viewport={"width": 1400, "height": 800})
+    page = browser.new_context(viewport={"width": 1400, "height": 800}).new_page()  # a context: tabs share it
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("dialog", lambda dialog: dialog.accept())

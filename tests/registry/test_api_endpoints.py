@@ -220,3 +220,27 @@ def test_a_list_with_one_bad_entry_registers_nothing(api, admin_token, entries, 
     assert response.status_code == status, response.content
     assert words in response.json()["detail"]
     assert list(Endpoint.objects.values_list("address", flat=True)) == ["already"]
+
+
+def test_clients_filter_and_page_the_endpoint_list_and_the_snapshot(api, admin_token):
+    for i in (10, 2, 1):
+        services.register_endpoint(f"10.0.0.{i}", 11434, f"box {i}")
+    Endpoint.objects.filter(address="10.0.0.2").update(status="unhealthy")
+    Endpoint.objects.get(address="10.0.0.10").models.create(name="llama3:8b")
+
+    sick = api.get(f"{URL}?status=unhealthy", admin_token)
+    assert [r["address"] for r in sick.json()] == ["10.0.0.2"] and sick["X-Total-Count"] == "1"
+    assert [r["address"] for r in api.get(f"{URL}?model=llama3", admin_token).json()] == ["10.0.0.10"]
+    assert [r["address"] for r in api.get(f"{URL}?q=BOX%201", admin_token).json()] == ["10.0.0.1", "10.0.0.10"]
+    page = api.get(f"{URL}?limit=2&offset=1", admin_token)
+    assert len(page.json()) == 2 and page["X-Total-Count"] == "3"
+
+    snapshot = api.get("/api/v1/snapshot?q=llama3&limit=10", admin_token).json()
+    assert [r["address"] for r in snapshot["endpoints"]] == ["10.0.0.10"] and snapshot["total"] == 1
+
+
+@pytest.mark.parametrize("query", ["status=sleepy", "limit=0", "limit=100000", "offset=-1", "limit=many"])
+def test_a_bad_filter_or_page_is_a_clear_400(api, admin_token, query):
+    response = api.get(f"{URL}?{query}", admin_token)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid_input" and response.json()["detail"]

@@ -15,9 +15,15 @@ from registry.schemas import SidecarReport
 
 def make_fleet(n: int) -> None:
     hosts = Host.objects.bulk_create([Host(name=f"gpu-{i:04d}") for i in range(n)])
-    endpoints = Endpoint.objects.bulk_create([Endpoint(host=h, address=h.name, port=11434) for h in hosts])
+    endpoints = Endpoint.objects.bulk_create(
+        [Endpoint(host=h, address=h.name, port=11434, status=Endpoint.Status.HEALTHY) for h in hosts]
+    )
     EndpointModel.objects.bulk_create(
-        [EndpointModel(endpoint=e, name=name) for e in endpoints for name in ("llama3", f"m{e.id % 3}")]
+        [
+            EndpointModel(endpoint=e, name=name, loaded=name == "llama3" and i == 0)
+            for i, e in enumerate(endpoints)
+            for name in ("llama3", f"m{e.id % 3}")
+        ]
     )
     Host.objects.filter(id__in=[h.id for h in hosts]).update(
         last_report_at=timezone.now(), cpu_percent=5, ram_used_bytes=1, ram_total_bytes=2
@@ -39,17 +45,71 @@ def test_snapshot_query_count_is_the_same_for_5_and_200_endpoints(db):
     large, snap200 = queries_for_snapshot()
     assert len(snap5["endpoints"]) == 5 and len(snap200["endpoints"]) == 200
     assert small == large <= 4
+    # Built again with nothing changed, the model lists come from memory: one query fewer.
+    again, _ = queries_for_snapshot()
+    assert again == large - 1
 
 
-def test_fleet_summary_counts_distinct_hosts_per_model(db):
+def test_fleet_summary_counts_distinct_reachable_hosts_per_model_and_where_it_is_loaded(db):
     make_fleet(3)
     host = Host.objects.first()
-    Endpoint.objects.create(host=host, address=host.name, port=11500).models.create(
-        name="llama3"
+    Endpoint.objects.create(host=host, address=host.name, port=11500, status="healthy").models.create(
+        name="llama3", loaded=True
     )  # same host, second port
-    fleet = services.build_snapshot()["fleet_models"]
-    assert fleet["llama3"] == 3
-    assert list(fleet)[0] == "llama3"  # most widespread first
+    down = Endpoint.objects.create(host=Host.objects.create(name="down"), address="down", status="unhealthy")
+    down.models.create(name="llama3", loaded=True)  # last known: a host that is down serves nothing
+    snapshot = services.build_snapshot()
+    assert snapshot["fleet_models"]["llama3"] == 3
+    assert list(snapshot["fleet_models"])[0] == "llama3"  # most widespread first
+    assert snapshot["fleet_loaded"] == {"llama3": 1}
+
+
+def test_a_model_change_shows_in_the_next_snapshot(db, fake_fleet):
+    address, port = fake_fleet.add(models=["llama3:8b"])
+    endpoint, _ = services.register_endpoint(address, port)
+    services.probe([endpoint.id])
+    assert [m["name"] for m in services.build_snapshot()["endpoints"][0]["models"]] == ["llama3:8b"]
+    fake_fleet.set(address, port, models=["llama3:8b", "qwen2:7b"])
+    services.probe([endpoint.id])
+    assert [m["name"] for m in services.build_snapshot()["endpoints"][0]["models"]] == ["llama3:8b", "qwen2:7b"]
+
+
+def test_a_snapshot_can_be_filtered_and_paged(db):
+    make_fleet(6)
+    Endpoint.objects.filter(address="gpu-0004").update(status="unhealthy", name="rack 4")
+    query = services.EndpointQuery
+    only = services.build_snapshot(query=query(status="unhealthy"))
+    assert [r["host"] for r in only["endpoints"]] == ["gpu-0004"] and only["total"] == 1
+    assert set(only["resources"]) == {"gpu-0004"}  # the rows' hosts only
+    assert services.build_snapshot(query=query(q="RACK"))["total"] == 1
+    held = services.build_snapshot(query=query(model="m1"))
+    assert all(any(m["name"] == "m1" for m in r["models"]) for r in held["endpoints"]) and held["total"] == 2
+    assert services.build_snapshot(query=query(model="llama3"))["total"] == 6
+    page = services.build_snapshot(query=query(offset=2, limit=3))
+    assert [r["host"] for r in page["endpoints"]] == ["gpu-0002", "gpu-0003", "gpu-0004"] and page["total"] == 6
+    assert page["fleet_models"] == services.build_snapshot()["fleet_models"]  # the summary is never filtered
+
+
+def test_the_dashboard_order_puts_problems_first_then_hosts_in_natural_order():
+    from registry.rows import problems_first
+
+    rows = [
+        {"host": h, "port": p, "status": s}
+        for h, p, s in [
+            ("127.0.10.100", 11434, "healthy"),
+            ("127.0.10.2", 11434, "healthy"),
+            ("gpu-10", 11434, "unknown"),
+            ("gpu-9", 11434, "unhealthy"),
+            ("gpu-9", 80, "unknown"),
+        ]
+    ]
+    assert [(r["host"], r["port"]) for r in problems_first(rows)] == [
+        ("gpu-9", 11434),
+        ("gpu-9", 80),
+        ("gpu-10", 11434),
+        ("127.0.10.2", 11434),
+        ("127.0.10.100", 11434),
+    ]
 
 
 def test_a_silent_host_shows_as_stale(db, settings):

@@ -100,7 +100,8 @@ WRONG = "agc_adm_not-a-real-token"
 ERROR_CASES = [
     ("get", E, 401, lambda api, t, mp: api.get(E)),
     ("get", E, 403, lambda api, t, mp: api.get(E, t["sidecar"])),
-    ("get", E, 503, lambda api, t, mp: busy(mp, "endpoint_rows") or api.get(E, t["admin"])),
+    ("get", E, 400, lambda api, t, mp: api.get(f"{E}?status=sleepy", t["admin"])),
+    ("get", E, 503, lambda api, t, mp: busy(mp, "find_endpoints") or api.get(E, t["admin"])),
     ("post", E, 400, lambda api, t, mp: api.post(E, {"host": "a b"}, t["admin"])),
     ("post", E, 401, lambda api, t, mp: api.post(E, {"host": "gpu-09"}, WRONG)),
     ("post", E, 403, lambda api, t, mp: api.post(E, {"host": "gpu-09"}, t["sidecar"])),
@@ -117,6 +118,7 @@ ERROR_CASES = [
     ("delete", ONE, 403, lambda api, t, mp: api.delete(f"{E}/1", t["sidecar"])),
     ("delete", ONE, 404, lambda api, t, mp: api.delete(f"{E}/999", t["admin"])),
     ("delete", ONE, 503, lambda api, t, mp: busy(mp, "remove_endpoint") or api.delete(f"{E}/1", t["admin"])),
+    ("get", SNAP, 400, lambda api, t, mp: api.get(f"{SNAP}?limit=0", t["admin"])),
     ("get", SNAP, 401, lambda api, t, mp: api.get(SNAP)),
     ("get", SNAP, 403, lambda api, t, mp: api.get(SNAP, t["sidecar"])),
     ("get", SNAP, 503, lambda api, t, mp: busy(mp, "build_snapshot") or api.get(SNAP, t["admin"])),
@@ -181,7 +183,9 @@ def test_the_documented_status_and_source_words_are_the_models_own():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_every_frame_the_socket_sends_validates_against_the_wire_models(operator, admin_token, fake_fleet):
+async def test_every_frame_the_socket_sends_validates_against_the_wire_models(
+    operator, admin_token, fake_fleet, monkeypatch
+):
     await sync_to_async(make_fleet)(fake_fleet, admin_token)
     socket = await connect(operator)
     seen: dict[str, list] = {}
@@ -208,5 +212,13 @@ async def test_every_frame_the_socket_sends_validates_against_the_wire_models(op
     assert (await until("llm_endpoint_error")).error == "port: port must be a number from 1 to 65535"
     await socket.send_json_to({"type": "remove_llm_endpoint", "id": "abc"})
     assert "whole number" in (await until("llm_endpoint_error")).error
+    monkeypatch.setattr(wire, "MAX_FRAME_BYTES", 2000)  # the snapshot no longer fits one frame
+    await socket.send_json_to({"type": "request_snapshot"})
+    assert not (await until("snapshot")).complete
+    while not (await until("snapshot_part")).complete:
+        pass
+    await sync_to_async(operator.user_permissions.clear)()
+    permissions = await until("llm_permissions")
+    assert (permissions.can_add, permissions.can_delete) == (False, False)
     await socket.disconnect()
     assert set(seen) == set(wire.SERVER_FRAMES)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
+from types import SimpleNamespace
 
 from celery import current_app as current_celery_app
 from django.conf import settings
@@ -239,6 +240,7 @@ def remove_endpoint(endpoint_id: object) -> int:
         deleted, _ = Endpoint.objects.filter(id=endpoint.id).delete()
         if deleted:
             signals.endpoints_removed.send(sender=Endpoint, ids=[endpoint.id])
+    _advertised.clear()
     return endpoint.id
 
 
@@ -249,6 +251,7 @@ def remove_endpoints(ids: Iterable[int]) -> list[int]:
         Endpoint.objects.filter(id__in=ids).delete()
         if ids:
             signals.endpoints_removed.send(sender=Endpoint, ids=ids)
+    _advertised.clear()
     return ids
 
 
@@ -717,25 +720,43 @@ _HOST_REPORT_FIELDS = [
 ]
 
 
-def _update_hosts(hosts: Iterable[Host]) -> None:
+_HOST_DATETIMES = ("last_report_at", "announced_at", "history_at")
+
+
+class _HostState(SimpleNamespace):
+    """A host's report columns as plain values (no model instance: this runs per report)."""
+
+
+def _update_hosts(hosts: Iterable[_HostState]) -> None:
     """One UPDATE statement run for many rows (Django's bulk_update builds CASE expressions
     that cost ~8 ms of CPU per row; executemany costs a few microseconds)."""
-    fields = [Host._meta.get_field(name) for name in _HOST_REPORT_FIELDS]
-    quote = connection.ops.quote_name
+    quote, ops = connection.ops.quote_name, connection.ops
+    columns = [Host._meta.get_field(name).column for name in _HOST_REPORT_FIELDS]
     sql = "UPDATE {} SET {} WHERE id = %s".format(
-        quote(Host._meta.db_table), ", ".join(f"{quote(f.column)} = %s" for f in fields)
+        quote(Host._meta.db_table), ", ".join(f"{quote(c)} = %s" for c in columns)
     )
-    rows = [[f.get_db_prep_save(getattr(h, f.attname), connection) for f in fields] + [h.id] for h in hosts]
+
+    def value(host: _HostState, name: str):
+        raw = getattr(host, name)
+        if name in _HOST_DATETIMES:
+            return ops.adapt_datetimefield_value(raw)
+        return ops.adapt_json_value(raw, None) if name == "gpus" else raw
+
+    rows = [[value(h, name) for name in _HOST_REPORT_FIELDS] + [h.id] for h in hosts]
     with connection.cursor() as cursor:
         cursor.executemany(sql, rows)
 
 
-def _hosts_named(reports: dict[str, SidecarReport]) -> dict[str, Host]:
-    hosts = {h.name: h for h in Host.objects.filter(name__in=list(reports))}
+def _hosts_named(reports: dict[str, SidecarReport]) -> dict[str, _HostState]:
+    def read(names) -> dict[str, _HostState]:
+        rows = Host.objects.filter(name__in=list(names)).values("id", "name", *_HOST_REPORT_FIELDS)
+        return {row["name"]: _HostState(**row) for row in rows}
+
+    hosts = read(reports)
     missing = [name for name in reports if name not in hosts]
     if missing:
         Host.objects.bulk_create([Host(name=name) for name in missing], ignore_conflicts=True)
-        hosts.update({h.name: h for h in Host.objects.filter(name__in=missing)})
+        hosts.update(read(missing))
     return hosts
 
 
@@ -743,7 +764,7 @@ def _percent(used: int | None, total: int | None) -> int | None:
     return None if used is None or not total else round(100 * used / total)
 
 
-def _shown(host: Host | SidecarReport, gpus: list[dict]) -> tuple:
+def _shown(host: _HostState | SidecarReport, gpus: list[dict]) -> tuple:
     """What the page shows of a host's resources: whole percents, totals, GPU names."""
     return (
         host.hostname,
@@ -765,7 +786,7 @@ def _shown(host: Host | SidecarReport, gpus: list[dict]) -> tuple:
     )
 
 
-def _worth_announcing(host: Host, report: SidecarReport, now: datetime) -> bool:
+def _worth_announcing(host: _HostState, report: SidecarReport, now: datetime) -> bool:
     if host.last_report_at is None or host.announced_at is None:
         return True
     if is_stale(host.last_report_at, now, settings.STALE_AFTER_SECONDS):
@@ -775,7 +796,7 @@ def _worth_announcing(host: Host, report: SidecarReport, now: datetime) -> bool:
     return _shown(host, host.gpus or []) != _shown(report, [g.model_dump() for g in report.gpus])
 
 
-def _apply_report(host: Host, report: SidecarReport, now: datetime) -> None:
+def _apply_report(host: _HostState, report: SidecarReport, now: datetime) -> None:
     host.hostname = report.hostname
     host.last_report_at = now
     host.cpu_percent = report.cpu_percent
@@ -786,9 +807,9 @@ def _apply_report(host: Host, report: SidecarReport, now: datetime) -> None:
     host.gpus = [g.model_dump() for g in report.gpus]
 
 
-def _history_row(host: Host, now: datetime) -> ResourceSnapshot:
+def _history_row(host: _HostState, now: datetime) -> ResourceSnapshot:
     return ResourceSnapshot(
-        host=host,
+        host_id=host.id,
         cpu_percent=host.cpu_percent,
         ram_used_bytes=host.ram_used_bytes,
         ram_total_bytes=host.ram_total_bytes,
@@ -799,14 +820,21 @@ def _history_row(host: Host, now: datetime) -> ResourceSnapshot:
     )
 
 
-def _register_advertised(reports: dict[str, SidecarReport], hosts: dict[str, Host]) -> dict[str, int]:
+def _register_advertised(reports: dict[str, SidecarReport], hosts: dict[str, _HostState]) -> dict[str, int]:
     """Register (source auto, in bulk) the Ollama each report advertises; return host -> endpoint id.
 
     An auto endpoint follows the machine its sidecar names; a manual one is never moved.
     """
     targets = {name: r.ollama_host_port() for name, r in reports.items() if r.ollama_url}
+    settled: dict[str, int] = {}
+    now = time.monotonic()
+    for name, target in list(targets.items()):
+        cached = _advertised.get((*target, hosts[name].id))
+        if cached is not None and cached[1] > now:
+            settled[name] = cached[0]
+            del targets[name]
     if not targets:
-        return {}
+        return settled
 
     def known() -> dict[tuple[str, int], tuple[int, int, str]]:
         rows = Endpoint.objects.filter(address__in={address for address, _ in targets.values()})
@@ -818,7 +846,7 @@ def _register_advertised(reports: dict[str, SidecarReport], hosts: dict[str, Hos
     new = [(name, address, port) for name, (address, port) in targets.items() if (address, port) not in found]
     if new:
         Endpoint.objects.bulk_create(
-            [Endpoint(host=hosts[n], address=a, port=p, source=Endpoint.Source.AUTO) for n, a, p in new],
+            [Endpoint(host_id=hosts[n].id, address=a, port=p, source=Endpoint.Source.AUTO) for n, a, p in new],
             ignore_conflicts=True,  # a concurrent registration of the same address won the race
         )
         found = known()
@@ -835,7 +863,25 @@ def _register_advertised(reports: dict[str, SidecarReport], hosts: dict[str, Hos
         signals.endpoints_changed.send(sender=Endpoint, ids=created + moved)
     if created:
         transaction.on_commit(lambda: _probe_soon(created))
-    return {name: found[target][0] for name, target in targets.items() if target in found}
+    for name, target in targets.items():
+        if target in found:
+            settled[name] = found[target][0]
+            # Known and on its machine (or manual): the next reports skip this lookup a while.
+            transaction.on_commit(lambda key=(*target, hosts[name].id), i=settled[name]: _remember(key, i))
+    return settled
+
+
+# (address, port, host id) -> (endpoint id, until when): a host's sidecar names the same Ollama in
+# every report; looking it up again each time cost more than the rest of the report. Removing an
+# endpoint forgets it here; other processes re-register a removed auto endpoint within this time.
+_advertised: dict[tuple[str, int, int], tuple[int, float]] = {}
+ADVERTISED_CACHE_SECONDS = 10.0
+
+
+def _remember(key: tuple[str, int, int], endpoint_id: int) -> None:
+    if len(_advertised) > 100_000:
+        _advertised.clear()
+    _advertised[key] = (endpoint_id, time.monotonic() + ADVERTISED_CACHE_SECONDS)
 
 
 def prune_snapshots(*, now: datetime | None = None) -> int:
@@ -1084,6 +1130,12 @@ def revoke_tokens(ids: Iterable[int], *, now: datetime | None = None) -> int:
     count = Token.objects.filter(id__in=list(ids), revoked_at__isnull=True).update(revoked_at=now or timezone.now())
     forget_cached_tokens()
     return count
+
+
+def forget_process_caches() -> None:
+    """Drop what this process remembers of the database (tests: ids repeat between tests)."""
+    forget_cached_tokens()
+    _advertised.clear()
 
 
 def forget_cached_tokens() -> None:

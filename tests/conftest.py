@@ -34,7 +34,7 @@ def _no_publishing_after_the_tests(django_db_setup):
 @pytest.fixture(autouse=True)
 def _fresh_token_cache():
     """Token ids repeat between tests (rolled back); a cached token must not leak into the next."""
-    services.forget_cached_tokens()
+    services.forget_process_caches()
     forget_cached_models()
 
 

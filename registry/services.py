@@ -470,11 +470,15 @@ def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
 
 
 def _same(field: str, old, new) -> bool:
-    # Ollama moves expires_at on every use of a loaded model; a small shift is not worth a write.
+    # Ollama moves expires_at on every use of a loaded model (now + keep-alive, 5 min by
+    # default): rewriting and republishing every loaded model each minute costs a fleet more
+    # than the news is worth, so a shift counts only once it is as large as the keep-alive.
     if field == "expires_at" and old is not None and new is not None:
-        return abs((new - old).total_seconds()) < 60
+        return abs((new - old).total_seconds()) < EXPIRES_AT_SLACK_SECONDS
     return old == new
 
+
+EXPIRES_AT_SLACK_SECONDS = 300
 
 _MODEL_FIELDS = (
     "digest",

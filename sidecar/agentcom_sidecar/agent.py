@@ -1,6 +1,7 @@
 """Sidecar agent: report this host's resources and its local Ollama to the hub.
 
-Runs on GPU hosts with only httpx + psutil + pydantic (+ nvidia-ml-py when present); imports no Django.
+Runs on GPU hosts with only httpx + websockets + psutil + pydantic (+ nvidia-ml-py when present);
+imports no Django.
 
     AGENTCOM_TOKEN=... agentcom-sidecar --hub https://hub.example:8000
 """
@@ -8,6 +9,7 @@ Runs on GPU hosts with only httpx + psutil + pydantic (+ nvidia-ml-py when prese
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.utils
 import ipaddress
 import json
@@ -35,6 +37,7 @@ from agentcom_sidecar.report import DEFAULT_OLLAMA_PORT, SidecarReport, host_for
 logger = logging.getLogger(__name__)
 
 REPORT_PATH = "/api/v1/sidecar/report"
+SOCKET_PATH = "/ws/sidecar/"
 HUB_TIMEOUT_SECONDS = 10.0
 # Ollama runs on this very host: if it takes longer than this, it is not answering.
 OLLAMA_TIMEOUT_SECONDS = 2.0
@@ -250,17 +253,84 @@ def send_report(client: httpx.Client, hub: str, token: str, report: dict[str, An
     except httpx.HTTPError as exc:
         return SendResult("down", f"{type(exc).__name__}: {exc}".rstrip(": "))
     status = response.status_code
+    detail = "" if 200 <= status < 300 else _error_detail(response)
+    # 503/429 with Retry-After: the hub is up but over capacity and said when to come back.
+    return _classify(status, detail, parse_retry_after(response.headers.get("Retry-After")))
+
+
+def _classify(status: int, detail: str, retry_after: float | None) -> SendResult:
+    """SendResult for the hub's answer `status` (an HTTP status, or a socket reply's `status`)."""
     if 200 <= status < 300:
         return SendResult("ok")
     if status in (401, 403):
-        return SendResult("auth", f"HTTP {status}: {_error_detail(response)}")
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return SendResult("auth", f"HTTP {status}: {detail}")
     if status in (429, 503) and retry_after is not None:
-        # The hub is up but over capacity and said when to come back.
-        return SendResult("busy", f"HTTP {status}: {_error_detail(response)}", retry_after)
+        return SendResult("busy", f"HTTP {status}: {detail}", retry_after)
     if status >= 500 or status in (408, 429):
         return SendResult("down", f"HTTP {status}")
-    return SendResult("rejected", f"HTTP {status}: {_error_detail(response)}")
+    return SendResult("rejected", f"HTTP {status}: {detail}")
+
+
+class ReportSocket:
+    """One WebSocket to the hub's /ws/sidecar/, a report per frame.
+
+    Far cheaper for the hub than one HTTP request per report. `send` returns None when the socket
+    cannot carry this report (no connection, or a hub or proxy without the socket route): the
+    caller then sends it over REST. A hub that refuses the handshake is not asked again for a while.
+    """
+
+    RETRY_SOCKET_AFTER_SECONDS = 600.0
+
+    def __init__(self, hub: str, token: str) -> None:
+        self.url = ("wss" + hub[5:] if hub.startswith("https") else "ws" + hub[4:]) + SOCKET_PATH
+        self.token = token
+        self.conn: Any = None
+        self.opened = contextlib.ExitStack()
+        self.seq = 0
+        self.refused_until = 0.0
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn = None
+            try:
+                self.opened.close()
+            except Exception:  # closing a broken socket: nothing left to do
+                pass
+
+    def send(self, report: dict[str, Any]) -> SendResult | None:
+        if time.monotonic() < self.refused_until:
+            return None
+        from websockets.exceptions import InvalidHandshake, WebSocketException
+        from websockets.sync.client import connect
+
+        try:
+            if self.conn is None:
+                self.conn = self.opened.enter_context(
+                    connect(
+                        self.url,
+                        additional_headers={"Authorization": f"Bearer {self.token}"},
+                        open_timeout=HUB_TIMEOUT_SECONDS,
+                        close_timeout=1,
+                        max_size=2**20,
+                    )
+                )
+            self.seq += 1
+            self.conn.send(json.dumps({"seq": self.seq, "report": report}))
+            reply = json.loads(self.conn.recv(timeout=HUB_TIMEOUT_SECONDS))
+        except InvalidHandshake as exc:
+            logger.info("the hub takes no report socket (%s); reporting over HTTP", exc)
+            self.refused_until = time.monotonic() + self.RETRY_SOCKET_AFTER_SECONDS
+            self.close()
+            return None
+        except (OSError, TimeoutError, WebSocketException, ValueError):
+            self.close()  # reconnect next time; this report goes over HTTP
+            return None
+        if not isinstance(reply, dict) or not isinstance(reply.get("status"), int):
+            self.close()
+            return None
+        detail = str(reply.get("detail", ""))[:500]
+        retry_after = reply.get("retry_after")
+        return _classify(reply["status"], detail, float(retry_after) if retry_after is not None else None)
 
 
 class Backoff:
@@ -331,6 +401,7 @@ class Reporter:
         self.fqdn = socket.getfqdn()  # resolved once: a DNS lookup per report would be wasteful
         self.ollama_client = httpx.Client(trust_env=False)
         self.hub_client = httpx.Client(timeout=HUB_TIMEOUT_SECONDS)
+        self.hub_socket = ReportSocket(args.hub, token) if args.hub and args.transport != "http" else None
         self.hub_state = "starting"
         self.ollama_state = "unknown"
         self.warned_local_fqdn = False
@@ -339,6 +410,8 @@ class Reporter:
         """Close both HTTP clients and release NVML."""
         self.ollama_client.close()
         self.hub_client.close()
+        if self.hub_socket is not None:
+            self.hub_socket.close()
         if self.nvml is not None:
             try:
                 self.nvml.nvmlShutdown()
@@ -381,7 +454,11 @@ class Reporter:
 
     def send(self, report: dict[str, Any]) -> SendResult:
         """Send `report` and log when the hub's state differs from the previous attempt."""
-        result = send_report(self.hub_client, self.args.hub, self.token, report)
+        result = self.hub_socket.send(report) if self.hub_socket is not None else None
+        if result is None and self.args.transport == "socket":
+            result = SendResult("down", "the report socket is not available")
+        elif result is None:
+            result = send_report(self.hub_client, self.args.hub, self.token, report)
         state = f"{result.outcome}:{result.detail}" if result.outcome == "rejected" else result.outcome
         if state != self.hub_state:
             self._log_transition(result)
@@ -545,6 +622,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--once", action="store_true", help="send one report and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the report as JSON and exit (no token)")
     parser.add_argument("--token-file", help="file holding the sidecar token")
+    parser.add_argument(
+        "--transport",
+        choices=["auto", "socket", "http"],
+        default="auto",
+        help="auto (default): one WebSocket to the hub, REST when the hub or a proxy takes no socket; "
+        "socket: the WebSocket only; http: one POST per report",
+    )
     parser.add_argument(
         "--max-backoff",
         type=_positive_seconds,

@@ -44,7 +44,7 @@ def test_the_sidecar_declares_exactly_the_packages_it_imports():
     imported = {DISTRIBUTION_OF.get(name, name) for name in imported_top_level_names()}
 
     assert declared | extras == imported
-    assert declared == {"httpx", "psutil", "pydantic"}
+    assert declared == {"httpx", "psutil", "pydantic", "websockets"}
     assert extras == {"nvidia-ml-py"}
     assert project["scripts"] == {"agentcom-sidecar": "agentcom_sidecar.agent:main"}
 

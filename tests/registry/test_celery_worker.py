@@ -8,7 +8,7 @@ from registry import services
 from registry.models import Endpoint
 from tests.live import LiveStack, wait_until
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 
 
 @pytest.fixture(params=[("worker",), ("worker", "beat")], ids=["beat-inside-worker", "beat-on-its-own"])

@@ -1,4 +1,4 @@
-# Two commands: `make run` starts the hub, `make test` runs the whole suite.
+# Two commands: `make run` starts the hub, `make test` runs the whole suite (`make test-fast`: all but live tests).
 # Both create .venv and install the pinned requirements on first use (again only when they change).
 
 # Any Python 3.11+; `make run PYTHON=python3.12` picks another interpreter.
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test demo bench lint clean
+.PHONY: run test test-fast demo bench lint clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -31,6 +31,10 @@ demo: $(DEV_STAMP)
 
 test: $(DEV_STAMP)
 	$(PY) -m agentcom_site.launcher test $(PYTEST_ARGS)
+
+# Everything but the tests marked `live` (they start daphne, Celery or Chromium): for iterating.
+test-fast: $(DEV_STAMP)
+	$(PY) -m agentcom_site.launcher test -m "not live" $(PYTEST_ARGS)
 
 bench: $(DEV_STAMP)
 	$(PY) -m agentcom_site.launcher bench

@@ -20,7 +20,7 @@ from tests.conftest import PASSWORD
 from tests.e2e.test_dashboard_browser import GIB, open_dashboard, sync_api
 from tests.live import LiveStack, in_thread
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.live, pytest.mark.django_db(transaction=True)]
 expect = sync_api.expect
 
 
@@ -65,6 +65,11 @@ def stack(tmp_path, settings):
 
 def hosts_shown(page) -> list[str]:
     return page.locator("#llm-registry-body tr[data-endpoint-id] .llm-host-btn .llm-host").all_inner_texts()
+
+
+def after_layout(page) -> None:
+    """Wait until the page has handled what came before (a resize) and painted: two frames."""
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
 def axe_violations(page) -> list[str]:
@@ -152,14 +157,14 @@ def test_the_dashboard_works_at_390_px_and_in_dark_mode_and_passes_axe(stack, br
     in_thread(seed_fleet)
     page = open_dashboard(browser, stack)
     page.set_viewport_size({"width": 390, "height": 844})
-    page.wait_for_timeout(200)
+    after_layout(page)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing cut off or scrolled sideways
     row = page.locator("#llm-registry-body tr[data-endpoint-id]").first
     for cell in (".cell-status", ".cell-host", ".cell-models", ".cell-vram"):
         expect(row.locator(cell)).to_be_visible()
     assert axe_violations(page) == []
     page.set_viewport_size({"width": 1024, "height": 800})
-    page.wait_for_timeout(200)
+    after_layout(page)
     assert page.evaluate("document.documentElement.scrollWidth") <= 1024
     page.emulate_media(color_scheme="dark")
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(15, 17, 21)"

@@ -8,7 +8,7 @@ from registry import services
 from registry.models import Endpoint
 from tests.live import LiveStack, wait_until
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 
 
 @pytest.fixture(params=[("worker",), ("worker", "beat")], ids=["beat-inside-worker", "beat-on-its-own"])
@@ -46,15 +46,14 @@ def test_beat_scheduled_sweep_marks_endpoints_healthy_and_unhealthy(fake_fleet, 
 
 
 def test_a_newly_registered_endpoint_is_probed_at_once(fake_fleet, tmp_path, settings):
-    # Beat ticks only once a minute here: the probe must come from the registration itself.
+    # No beat at all here (embedded_beat=False): the only way a probe can happen is the task the
+    # registration queued, so the wait below may be generous without weakening the test.
     stack = LiveStack(tmp_path, probe_interval=60.0, components=("worker",), embedded_beat=False).start()
     try:
         settings.PROBE_ON_REGISTER = True
         host, port = fake_fleet.add(models=["mistral:7b"])
         endpoint, _ = services.register_endpoint(host, port)
-        assert wait_until(lambda: Endpoint.objects.get(id=endpoint.id).models.exists(), timeout=2.0), stack.log(
-            "worker"
-        )
+        assert wait_until(lambda: Endpoint.objects.get(id=endpoint.id).models.exists(), timeout=30), stack.log("worker")
         assert status_of(endpoint.id) == "healthy"
     finally:
         stack.stop()

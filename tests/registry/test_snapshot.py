@@ -12,11 +12,30 @@ from registry import services
 from registry.models import Endpoint, EndpointModel, Host, ResourceSnapshot
 from registry.schemas import SidecarReport
 
+GPUS = [{"index": 0, "name": "A100", "memory_used_bytes": 1, "memory_total_bytes": 2}]
 
-def make_fleet(n: int) -> None:
-    hosts = Host.objects.bulk_create([Host(name=f"gpu-{i:04d}") for i in range(n)])
+
+def make_fleet(n: int, prefix: str = "gpu", ports: tuple[int, ...] = (11434,)) -> None:
+    """n machines that have reported (with a GPU), each with a healthy endpoint per port holding
+    two models, llama3 loaded on the first endpoint only."""
+    hosts = Host.objects.bulk_create(
+        [
+            Host(
+                name=f"{prefix}-{i:04d}",
+                hostname=f"{prefix}-{i:04d}.lan",
+                last_report_at=timezone.now(),
+                cpu_percent=5,
+                ram_used_bytes=1,
+                ram_total_bytes=2,
+                vram_used_bytes=1,
+                vram_total_bytes=2,
+                gpus=GPUS,
+            )
+            for i in range(n)
+        ]
+    )
     endpoints = Endpoint.objects.bulk_create(
-        [Endpoint(host=h, address=h.name, port=11434, status=Endpoint.Status.HEALTHY) for h in hosts]
+        [Endpoint(host=h, address=h.name, port=port, status=Endpoint.Status.HEALTHY) for h in hosts for port in ports]
     )
     EndpointModel.objects.bulk_create(
         [
@@ -24,9 +43,6 @@ def make_fleet(n: int) -> None:
             for i, e in enumerate(endpoints)
             for name in ("llama3", f"m{e.id % 3}")
         ]
-    )
-    Host.objects.filter(id__in=[h.id for h in hosts]).update(
-        last_report_at=timezone.now(), cpu_percent=5, ram_used_bytes=1, ram_total_bytes=2
     )
 
 
@@ -36,18 +52,24 @@ def queries_for_snapshot() -> tuple[int, dict]:
     return len(ctx.captured_queries), snapshot
 
 
-def test_snapshot_query_count_is_the_same_for_5_and_200_endpoints(db):
-    make_fleet(5)
-    small, snap5 = queries_for_snapshot()
-    make_fleet_more = 195
-    hosts = Host.objects.bulk_create([Host(name=f"more-{i:04d}") for i in range(make_fleet_more)])
-    Endpoint.objects.bulk_create([Endpoint(host=h, address=h.name, port=11434) for h in hosts])
-    large, snap200 = queries_for_snapshot()
-    assert len(snap5["endpoints"]) == 5 and len(snap200["endpoints"]) == 200
-    assert small == large <= 4
+def test_snapshot_query_count_stays_fixed_as_the_fleet_grows(db):
+    counts = []
+    for added, prefix in ((5, "a"), (45, "b"), (150, "c")):
+        make_fleet(added, prefix, ports=(11434, 11435))
+        count, snapshot = queries_for_snapshot()
+        counts.append(count)
+        hosts = Host.objects.count()
+        # Everything a dashboard shows was read by those queries: models, resources, GPUs, fleet.
+        assert len(snapshot["endpoints"]) == 2 * hosts
+        assert all(len(row["models"]) == 2 for row in snapshot["endpoints"])
+        assert all(row["host"] == row["address"] for row in snapshot["endpoints"])
+        assert len(snapshot["resources"]) == hosts
+        assert all(r["cpu_percent"] == 5 and r["gpus"] == GPUS for r in snapshot["resources"].values())
+        assert snapshot["fleet_models"]["llama3"] == hosts
+    assert counts[0] == counts[1] == counts[2] <= 4, counts
     # Built again with nothing changed, the model lists come from memory: one query fewer.
     again, _ = queries_for_snapshot()
-    assert again == large - 1
+    assert again == counts[-1] - 1
 
 
 def test_fleet_summary_counts_distinct_reachable_hosts_per_model_and_where_it_is_loaded(db):

@@ -1,34 +1,94 @@
-"""create_token: the token is the last line printed, only its hash is stored, revocable."""
+"""Tokens: the raw value is printed once and is the only thing that authenticates; what the
+database holds is useless to whoever reads it; a revoked token stops at once; use is recorded."""
 
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.forms.models import model_to_dict
+from django.utils import timezone
 
-from registry.models import Token
+from registry import services
+from registry.models import ResourceSnapshot, Token
+
+REPORT = {"hostname": "gpu-01", "cpu_percent": 1, "ram_used_bytes": 1, "ram_total_bytes": 2}
 
 
-def test_create_token_prints_the_token_last_and_stores_only_a_hash(api):
+def create_token(scope: str, label: str) -> str:
     out = io.StringIO()
-    call_command("create_token", "--scope", "sidecar", "--label", "gpu-01", stdout=out)
-    raw = out.getvalue().strip().splitlines()[-1]
+    call_command("create_token", "--scope", scope, "--label", label, stdout=out)
+    return out.getvalue().strip().splitlines()[-1]
+
+
+def report(api, token: str):
+    return api.post("/api/v1/sidecar/report", REPORT, token)
+
+
+def test_the_printed_token_works_and_nothing_stored_can_stand_in_for_it(api):
+    raw = create_token("sidecar", "gpu-01")
     token = Token.objects.get()
-    assert token.scope == "sidecar" and token.label == "gpu-01"
-    assert raw not in (token.token_hash, token.prefix)
-    assert token.token_hash == Token.hash(raw)
-    report = {"hostname": "h", "cpu_percent": 1, "ram_used_bytes": 1, "ram_total_bytes": 2}
-    assert api.post("/api/v1/sidecar/report", report, raw).status_code == 200
+    assert (token.scope, token.label) == ("sidecar", "gpu-01")
+    assert raw.startswith(token.prefix)  # enough to recognise it in the admin list
+    # Someone who reads the table (or a backup of it) holds no working token.
+    stored = {name: str(value) for name, value in model_to_dict(token, exclude=["id"]).items()}
+    assert not [name for name, value in stored.items() if raw in value]
+    for stolen in (token.token_hash, token.prefix, raw[:-1], raw + "x", raw.upper()):
+        response = report(api, stolen)
+        assert response.status_code == 401, stolen
+        assert "wrong or revoked" in response.json()["detail"]
+    assert not ResourceSnapshot.objects.exists()
+    assert report(api, raw).status_code == 200
+    assert ResourceSnapshot.objects.count() == 1
 
 
-def test_create_token_refuses_an_unknown_scope():
+def test_every_token_is_different_and_authenticates_as_itself(db):
+    first, second = create_token("sidecar", "a"), create_token("sidecar", "a")
+    assert first != second
+    assert services.authenticate_token(first).id != services.authenticate_token(second).id
+    assert {services.authenticate_token(raw).label for raw in (first, second)} == {"a"}
+
+
+def test_a_revoked_token_is_refused_at_once_and_the_others_keep_working(api):
+    revoked, kept = create_token("sidecar", "old"), create_token("sidecar", "new")
+    assert report(api, revoked).status_code == 200
+    assert services.revoke_tokens([Token.objects.get(label="old").id]) == 1
+    response = report(api, revoked)
+    assert response.status_code == 401 and "wrong or revoked" in response.json()["detail"]
+    assert report(api, kept).status_code == 200
+    assert ResourceSnapshot.objects.count() == 2  # the refused report wrote nothing
+    assert services.revoke_tokens([Token.objects.get(label="old").id]) == 0  # revoking twice changes nothing
+
+
+def test_use_is_recorded_once_and_not_rewritten_on_every_request(api):
+    raw = create_token("sidecar", "gpu-01")
+    assert Token.objects.get().last_used_at is None
+    assert report(api, raw).status_code == 200
+    first_use = Token.objects.get().last_used_at
+    assert first_use is not None and timezone.now() - first_use < timedelta(minutes=1)
+    # A busy sidecar must not write the token row per report: the next use within the minute
+    # leaves it as it was, whatever time that request carries.
+    assert services.authenticate_token(raw, now=first_use + timedelta(seconds=30)) is not None
+    assert Token.objects.get().last_used_at == first_use
+
+
+def test_a_sidecar_token_may_report_but_not_manage_endpoints(api):
+    raw = create_token("sidecar", "gpu-01")
+    response = api.post("/api/v1/endpoints", {"host": "gpu-09"}, raw)
+    assert response.status_code == 403
+    assert "sidecar token may not use this route" in response.json()["detail"]
+    assert api.get("/api/v1/endpoints", raw).status_code == 403
+
+
+def test_an_admin_token_may_manage_endpoints(api):
+    raw = create_token("admin", "ops")
+    assert api.post("/api/v1/endpoints", {"host": "gpu-09"}, raw).status_code == 201
+    assert [row["address"] for row in api.get("/api/v1/endpoints", raw).json()] == ["gpu-09"]
+
+
+def test_create_token_refuses_an_unknown_scope(db):
     with pytest.raises(CommandError):
         call_command("create_token", "--scope", "root", "--label", "x")
-
-
-def test_admin_token_may_manage_endpoints(api):
-    out = io.StringIO()
-    call_command("create_token", "--scope", "admin", "--label", "ops", stdout=out)
-    raw = out.getvalue().strip().splitlines()[-1]
-    assert api.post("/api/v1/endpoints", {"host": "gpu-09"}, raw).status_code == 201
+    assert not Token.objects.exists()

@@ -5,6 +5,7 @@ Imports no Django, so the launcher can use it before the database exists.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -14,6 +15,17 @@ CELERY = [sys.executable, "-m", "celery", "-A", "agentcom_site"]
 # side in one process (a prefork child per slot held ~90 MiB each for the same work). Four slots
 # let a 1,000-endpoint fleet (four chunks of PROBE_CHUNK_SIZE=250) be probed in one round.
 WORKER_CONCURRENCY = 4
+
+
+# Probing waits out timeouts and can lag a little; answering sidecars and dashboards cannot. On
+# a shared box the worker yields the CPU to the web process during a sweep.
+WORKER_NICENESS = 5
+
+
+def _nice(niceness: int) -> list[str]:
+    """A command prefix lowering the CPU priority (Linux and macOS; nothing elsewhere)."""
+    nice = shutil.which("nice")
+    return [nice, "-n", str(niceness)] if nice and niceness else []
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,6 +55,7 @@ def worker(
     Embedded beat is the one-machine default; with several workers, run one `beat()` instead.
     """
     cmd = [
+        *_nice(WORKER_NICENESS),
         *CELERY,
         "worker",
         "--loglevel",

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hubstack import BASE_DIR, Client, Hub, make_tokens, percentile, report_body, setup_django, start_fleet
-from ingest import REPORT_PATH, _closing, lost_reports, wait_probed
+from hubstack import BASE_DIR, Hub, make_tokens, percentile, report_body, setup_django, start_fleet
+from ingest import Sender, _closing, lost_reports, step, wait_probed
 
 
 def rss_mib(hub: Hub) -> dict[str, float]:
@@ -42,21 +42,19 @@ def history_rows() -> int:
 
 
 async def soak(args, hub: Hub, tokens: list[str]) -> dict:
-    client = Client(hub.port)
+    client = Sender(hub.port, tokens, args.transport)
     rng = random.Random(11)
     rate = len(tokens) / args.interval
     outcomes: list[tuple[int, float]] = []
     acked: dict[str, dict] = {}
     samples = []
-    warm = [asyncio.create_task(client.post(REPORT_PATH, json.dumps(report_body(i, rng)).encode(), tokens[i]))
-            for i in range(len(tokens))]  # fmt: skip
-    await asyncio.gather(*warm, return_exceptions=True)
+    await step(client, 200, len(tokens) / 200, tokens, 0, rng)  # every host reports once
     await wait_probed(len(tokens), timeout=120)
 
     async def one(i: int, at: float) -> None:
         body = report_body(i, rng)
         try:
-            status, _, _ = await client.post(REPORT_PATH, json.dumps(body).encode(), tokens[i])
+            status = await client.send(i, body)
         except (OSError, asyncio.IncompleteReadError, ConnectionError):
             status = -1
         outcomes.append((status, time.monotonic() - at))
@@ -94,7 +92,7 @@ async def soak(args, hub: Hub, tokens: list[str]) -> dict:
             next_sample += 30
     await asyncio.gather(*tasks)
     await asyncio.sleep(2)
-    client.close()
+    await client.close()
     samples.append({"t_s": round(time.monotonic() - start), "rss_mib": rss_mib(hub),
                     "history_rows": await asyncio.to_thread(_closing, history_rows)})  # fmt: skip
     lat = [o[1] * 1000 for o in outcomes if o[0] == 200]
@@ -125,6 +123,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=10, help="seconds between one sidecar's reports")
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--transport", choices=["http", "ws"], default="ws")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     env = setup_django(folder, args.database_url, probe_interval=15)
@@ -140,7 +139,7 @@ def main() -> None:
     finally:
         hub.stop()
         fleet.terminate()
-    result.update(database=database, hosts=args.hosts, logs=str(folder))
+    result.update(database=database, transport=args.transport, hosts=args.hosts, logs=str(folder))
     summary = {k: v for k, v in result.items() if k != "samples"}
     print(json.dumps(summary, indent=2))
     out = BASE_DIR / "bench" / "results" / f"soak-{database}.json"

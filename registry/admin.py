@@ -114,18 +114,7 @@ class HostAdmin(admin.ModelAdmin):
     search_fields = ["name", "hostname"]
     # Hosts are created by registrations and reports (through the services); renaming or
     # deleting one here would bypass them, so the admin only shows hosts.
-    readonly_fields = [
-        "name",
-        "hostname",
-        "last_report_at",
-        "cpu_percent",
-        "ram_used_bytes",
-        "ram_total_bytes",
-        "vram_used_bytes",
-        "vram_total_bytes",
-        "gpus",
-        "created_at",
-    ]
+    readonly_fields = ["name", "hostname", "last_report_at", *Host.RESOURCE_FIELDS, "created_at"]
 
     def has_add_permission(self, request):
         return False

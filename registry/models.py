@@ -13,6 +13,16 @@ from registry.schemas import host_for_url
 class Host(models.Model):
     """A machine: endpoints and resource reports attach to it."""
 
+    # The resource columns a sidecar report sets (also on ResourceSnapshot, the history).
+    RESOURCE_FIELDS = (
+        "cpu_percent",
+        "ram_used_bytes",
+        "ram_total_bytes",
+        "vram_used_bytes",
+        "vram_total_bytes",
+        "gpus",
+    )
+
     name = models.CharField(max_length=253, unique=True, help_text="How the hub names this machine.")
     hostname = models.CharField(max_length=253, blank=True, help_text="What the machine calls itself.")
     # The latest report, exactly as the sidecar sent it (null until the first report). Kept on
@@ -92,6 +102,19 @@ class Endpoint(models.Model):
 
 class EndpointModel(models.Model):
     """A model an endpoint holds (from /api/tags), and whether it is loaded (from /api/ps)."""
+
+    # What a probe reports of a model, besides its name.
+    DETAIL_FIELDS = (
+        "digest",
+        "size",
+        "family",
+        "parameter_size",
+        "quantization",
+        "modified_at",
+        "loaded",
+        "size_vram",
+        "expires_at",
+    )
 
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="models")
     name = models.CharField(max_length=200)

@@ -10,7 +10,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 
-from registry.models import Endpoint, EndpointModel
+from registry.models import Endpoint, EndpointModel, Host
 from registry.status import is_stale
 
 
@@ -33,19 +33,7 @@ _ENDPOINT_COLUMNS = (
     "registered_at",
     "revision",
 )
-_MODEL_COLUMNS = (
-    "endpoint_id",
-    "name",
-    "digest",
-    "size",
-    "family",
-    "parameter_size",
-    "quantization",
-    "modified_at",
-    "loaded",
-    "size_vram",
-    "expires_at",
-)
+_MODEL_COLUMNS = ("endpoint_id", "name", *EndpointModel.DETAIL_FIELDS)
 
 # An endpoint's model list, by (id, revision, registered_at). Every change to an endpoint's
 # models bumps its revision in the same transaction (services._record_one), so a key never
@@ -174,17 +162,7 @@ def problems_first(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (_STATUS_RANK.get(r["status"], 1), natural_key(r["host"]), r["port"]))
 
 
-RESOURCE_FIELDS = (
-    "name",
-    "hostname",
-    "cpu_percent",
-    "ram_used_bytes",
-    "ram_total_bytes",
-    "vram_used_bytes",
-    "vram_total_bytes",
-    "gpus",
-    "last_report_at",
-)
+RESOURCE_FIELDS = ("name", "hostname", *Host.RESOURCE_FIELDS, "last_report_at")
 
 
 def resources_row(host: dict, now: datetime) -> dict:

@@ -480,17 +480,7 @@ def _same(field: str, old, new) -> bool:
 
 EXPIRES_AT_SLACK_SECONDS = 300
 
-_MODEL_FIELDS = (
-    "digest",
-    "size",
-    "family",
-    "parameter_size",
-    "quantization",
-    "modified_at",
-    "loaded",
-    "size_vram",
-    "expires_at",
-)
+_MODEL_FIELDS = EndpointModel.DETAIL_FIELDS
 
 
 def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> bool:
@@ -710,18 +700,7 @@ def record_reports(
     return [endpoint_ids.get(report.host) for report in reports]
 
 
-_HOST_REPORT_FIELDS = [
-    "hostname",
-    "last_report_at",
-    "cpu_percent",
-    "ram_used_bytes",
-    "ram_total_bytes",
-    "vram_used_bytes",
-    "vram_total_bytes",
-    "gpus",
-    "announced_at",
-    "history_at",
-]
+_HOST_REPORT_FIELDS = ["hostname", "last_report_at", *Host.RESOURCE_FIELDS, "announced_at", "history_at"]
 
 
 _HOST_DATETIMES = ("last_report_at", "announced_at", "history_at")

@@ -21,6 +21,7 @@ from registry.schemas import SidecarReport
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")  # the origin check compares Origin with the Host the browser connected to
 
 
 @sync_to_async
@@ -31,7 +32,7 @@ def session_cookie(user) -> bytes:
 
 
 async def connect(user=None, origin=ORIGIN) -> WebsocketCommunicator:
-    headers = [origin] if origin else []
+    headers = [HOST, origin] if origin else [HOST]
     if user is not None:
         headers.append((b"cookie", await session_cookie(user)))
     communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=headers)

@@ -49,7 +49,8 @@ CSRF_TRUSTED_ORIGINS = env_origins("DJANGO_CSRF_TRUSTED_ORIGINS", "", wildcards=
 # (sent only on requests that arrived over HTTPS).
 SECURE = env_bool("DJANGO_SECURE", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE
-SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000) if SECURE else 0
+_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000)
+SECURE_HSTS_SECONDS = _HSTS_SECONDS if SECURE else 0
 # The header a TLS-terminating proxy sets to "https" (e.g. X-Forwarded-Proto). Only set it when every
 # request passes through that proxy, which must overwrite the header a client sends.
 _PROXY_SSL_HEADER = env_header("DJANGO_SECURE_PROXY_SSL_HEADER")

@@ -95,7 +95,9 @@ def _auth_error(request, exc: AuthenticationError):
     detail = (
         exc.message if exc.message != "Unauthorized" else "log in as staff or send 'Authorization: Bearer <token>'."
     )
-    return _error(request, "unauthorized", detail, 401)
+    response = _error(request, "unauthorized", detail, 401)
+    response["WWW-Authenticate"] = 'Bearer realm="agentcom"'
+    return response
 
 
 @api.exception_handler(HttpError)

@@ -11,6 +11,7 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 _DETAILS = {
     404: "no such API route; see /api/v1/docs.",
     405: "this route does not take that method; see /api/v1/docs.",
@@ -32,7 +33,11 @@ class ApiJsonErrors:
         ):
             status = response.status_code
             detail = _DETAILS.get(status) or f"HTTP {status} {getattr(response, 'reason_phrase', '')}".strip()
-            return JsonResponse({"error": _CODES.get(status, "error"), "detail": detail}, status=status)
+            replaced = JsonResponse({"error": _CODES.get(status, "error"), "detail": detail}, status=status)
+            for header in _KEPT_HEADERS:  # e.g. a 405 must still say which methods the route takes
+                if header in response:
+                    replaced[header] = response[header]
+            return replaced
         return response
 
     def process_exception(self, request, exception):

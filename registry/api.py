@@ -145,9 +145,10 @@ class ReportOut(Schema):
     endpoint_id: int | None
 
 
-# Any route: 401 no, wrong or revoked credentials; 403 a sidecar token, or a session without the
-# permission; 503 the database busy or unreachable (with Retry-After).
-ANY_ROUTE = (401, 403, 503)
+# Any route: 400 a request Django refuses before the route (a Host not in DJANGO_ALLOWED_HOSTS);
+# 401 no, wrong or revoked credentials; 403 a sidecar token, or a session without the permission;
+# 503 the database busy or unreachable (with Retry-After).
+ANY_ROUTE = (400, 401, 403, 503)
 ERRORS = errors(400, 401, 403, 404, 409, 413)
 
 
@@ -189,7 +190,7 @@ def list_endpoints(
 @api.post(
     "/endpoints",
     auth=admin_auth,
-    response={201: EndpointRow | list[EndpointRow], **errors(400, *ANY_ROUTE, 409, 413)},
+    response={201: EndpointRow | list[EndpointRow], **errors(*ANY_ROUTE, 409, 413)},
     tags=["endpoints"],
 )
 def create_endpoint(request, payload: Body[EndpointsIn]):
@@ -206,7 +207,7 @@ def create_endpoint(request, payload: Body[EndpointsIn]):
 @api.get(
     "/endpoints/{endpoint_id}",
     auth=admin_auth,
-    response={200: EndpointRow, **errors(400, *ANY_ROUTE, 404)},
+    response={200: EndpointRow, **errors(*ANY_ROUTE, 404)},
     tags=["endpoints"],
 )
 def get_endpoint(request, endpoint_id: int):
@@ -218,7 +219,7 @@ def get_endpoint(request, endpoint_id: int):
 @api.delete(
     "/endpoints/{endpoint_id}",
     auth=admin_auth,
-    response={204: None, **errors(400, *ANY_ROUTE, 404)},
+    response={204: None, **errors(*ANY_ROUTE, 404)},
     tags=["endpoints"],
 )
 def delete_endpoint(request, endpoint_id: int):

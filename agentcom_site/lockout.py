@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 
 from django.conf import settings
@@ -10,24 +9,11 @@ from django.shortcuts import render
 
 
 def client_ip(request) -> str:
-    """The client's address: REMOTE_ADDR, or the nearest untrusted hop of X-Forwarded-For behind a trusted proxy."""
-    remote = request.META.get("REMOTE_ADDR", "")
-    hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
-    address = remote
-    # Walk back from the hub: every hop a trusted proxy added is believed, the first other one is the client.
-    while hops and _trusted(address):
-        address = hops.pop()
-    return address
+    """The client's address: REMOTE_ADDR, or behind a proxy in REGISTRY_TRUSTED_PROXIES its X-Forwarded-For."""
+    from registry.services import client_address  # the one rule, shared with sidecar reports
 
-
-def _trusted(address: str) -> bool:
-    if not settings.TRUSTED_PROXIES:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in settings.TRUSTED_PROXIES)
+    peer = request.META.get("REMOTE_ADDR", "")
+    return client_address(peer, request.META.get("HTTP_X_FORWARDED_FOR")) or peer
 
 
 def lockout_response(request, original_response=None, credentials=None):

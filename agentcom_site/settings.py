@@ -56,8 +56,6 @@ SECURE_HSTS_SECONDS = _HSTS_SECONDS if SECURE else 0
 _PROXY_SSL_HEADER = env_header("DJANGO_SECURE_PROXY_SSL_HEADER")
 if _PROXY_SSL_HEADER:
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
-# Proxies (CIDRs) whose X-Forwarded-For names the client: login lockouts count per real client.
-TRUSTED_PROXIES = env_parsed("DJANGO_TRUSTED_PROXIES", "", lambda text: parse_networks(text) if text else [])
 
 # No "daphne" app: it only swaps in its own `runserver` (the hub runs daphne itself), and left
 # out, the Celery worker and management commands skip importing Twisted (~25 MiB, ~0.2 s each).
@@ -224,7 +222,9 @@ STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)
 RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0.01)
 # Proxies (networks) whose X-Forwarded-For names the real client: a sidecar behind one is judged
 # by its own address when it advertises its Ollama.
+# Login lockouts count per client by the same rule (agentcom_site/lockout.py).
 REGISTRY_TRUSTED_PROXIES = env_str("REGISTRY_TRUSTED_PROXIES", "")
+env_parsed("REGISTRY_TRUSTED_PROXIES", "", lambda text: parse_networks(text) if text else [])
 RESOURCE_HISTORY_SECONDS = env_float("RESOURCE_HISTORY_SECONDS", 60.0, minimum=0.0)
 # A revoked token stops working in every process within this time (tokens are cached in memory).
 TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0.0)

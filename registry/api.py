@@ -174,7 +174,7 @@ LIMIT_Q = Query(None, description=f"at most this many endpoints (1 to {services.
 @api.get(
     "/endpoints",
     auth=admin_auth,
-    response={200: list[EndpointRow], **errors(400, *ANY_ROUTE)},
+    response={200: list[EndpointRow], **errors(*ANY_ROUTE)},
     tags=["endpoints"],
 )
 def list_endpoints(
@@ -232,7 +232,7 @@ def delete_endpoint(request, endpoint_id: int):
 @api.get(
     "/snapshot",
     auth=[TokenAuth(Token.Scope.ADMIN), UserSession()],
-    response={200: Snapshot, **errors(400, *ANY_ROUTE)},
+    response={200: Snapshot, **errors(*ANY_ROUTE)},
     tags=["fleet"],
 )
 def snapshot(

@@ -16,7 +16,7 @@ from ninja.security import HttpBearer, SessionAuth
 
 from registry import ingest, services
 from registry.models import Token
-from registry.schemas import EndpointsIn, SidecarReport
+from registry.schemas import NAME_PATTERN, EndpointsIn, SidecarReport
 from registry.wire import EndpointRow, ErrorBody, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -164,11 +164,27 @@ def _query(status: str, model: str, q: str, offset: int, limit: int | None) -> s
 
 
 # The filters and paging both read routes take (each optional).
-STATUS_Q = Query("", description="only endpoints with this status: unknown, healthy or unhealthy")
-MODEL_Q = Query("", description='only endpoints holding this model ("llama3" also matches "llama3:8b")')
-TEXT_Q = Query("", description="only endpoints whose host, address, name or a model's name contains this text")
-OFFSET_Q = Query(0, description="skip this many matching endpoints (ordered by address, port)")
-LIMIT_Q = Query(None, description=f"at most this many endpoints (1 to {services.MAX_PAGE}); all when absent")
+# Their constraints are published in the OpenAPI description and enforced before the route runs.
+STATUS_Q = Query(
+    "",
+    pattern="^(unknown|healthy|unhealthy)?$",
+    description="only endpoints with this status: unknown, healthy or unhealthy",
+)
+MODEL_Q = Query(
+    "", pattern=NAME_PATTERN, description='only endpoints holding this model ("llama3" also matches "llama3:8b")'
+)
+TEXT_Q = Query(
+    "",
+    pattern=NAME_PATTERN,
+    description="only endpoints whose host, address, name or a model's name contains this text",
+)
+OFFSET_Q = Query(0, ge=0, le=2**63 - 1, description="skip this many matching endpoints (ordered by address, port)")
+LIMIT_Q = Query(
+    None,
+    ge=1,
+    le=services.MAX_PAGE,
+    description=f"at most this many endpoints (1 to {services.MAX_PAGE}); all when absent",
+)
 
 
 @api.get(

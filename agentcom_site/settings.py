@@ -158,7 +158,7 @@ else:
             "TEST": {"NAME": str(RUN_DIR / "test.sqlite3")},
         }
     }
-if DATABASES["default"]["ENGINE"].endswith("sqlite3") and str(DATABASES["default"]["NAME"]) not in ("", ":memory:"):
+if "sqlite" in DATABASES["default"]["ENGINE"] and str(DATABASES["default"]["NAME"]) not in ("", ":memory:"):
     # Sessions live in this file: readable by its user only, -wal and -shm included.
     files.private_sqlite(Path(DATABASES["default"]["NAME"]))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

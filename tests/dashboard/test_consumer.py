@@ -310,7 +310,7 @@ async def test_logging_out_in_another_tab_closes_the_socket_so_the_page_goes_to_
     client = Client()
     await sync_to_async(client.force_login)(operator)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=[ORIGIN, (b"cookie", cookie)])
+    communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=[HOST, ORIGIN, (b"cookie", cookie)])
     assert (await communicator.connect(timeout=5))[0]
     await receive_until(communicator, "snapshot")
     response = await sync_to_async(client.post)("/accounts/logout/")

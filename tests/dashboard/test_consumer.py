@@ -31,8 +31,8 @@ def session_cookie(user) -> bytes:
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-async def connect(user=None, origin=ORIGIN) -> WebsocketCommunicator:
-    headers = [HOST, origin] if origin else [HOST]
+async def connect(user=None, origin=ORIGIN, host=HOST) -> WebsocketCommunicator:
+    headers = [host, origin] if origin else [host]
     if user is not None:
         headers.append((b"cookie", await session_cookie(user)))
     communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=headers)
@@ -133,6 +133,8 @@ async def test_anonymous_socket_is_refused_and_sees_nothing(db):
         b"http://evil.example.com",
         b"http://localhost.evil.example.com",  # an allowed name as a prefix is not that name
         b"http://evil.example.com:8000",
+        b"http://localhost:9999",  # another server on the hub's machine (the hub is localhost:80 here)
+        b"https://localhost",  # another scheme
         b"null",  # a sandboxed frame or a file:// page
         None,  # no Origin header at all
     ],
@@ -149,7 +151,8 @@ async def test_a_logged_in_socket_from_a_foreign_origin_is_refused_before_the_lo
 @pytest.mark.parametrize("origin", [b"http://localhost", b"http://127.0.0.1:8000", b"http://[::1]:8000"])
 async def test_the_same_login_from_an_allowed_origin_gets_the_snapshot(operator, origin):
     await sync_to_async(services.register_endpoint)("gpu-secret")
-    communicator = await connect(operator, origin=(b"origin", origin))
+    # The page and its socket share the origin: the browser sends that host and port as Host.
+    communicator = await connect(operator, origin=(b"origin", origin), host=(b"host", origin.split(b"://")[1]))
     assert communicator.connected
     assert [e["host"] for e in (await receive_until(communicator, "snapshot"))["endpoints"]] == ["gpu-secret"]
     await communicator.disconnect()

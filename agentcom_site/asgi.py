@@ -12,9 +12,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from agentcom_site.origins import SameOriginValidator  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from registry.ingest import ReportRoute, ReportSocket  # noqa: E402
 
@@ -25,7 +25,8 @@ application = ProtocolTypeRouter(
         # Well-formed sidecar reports take a lean path (registry/ingest.py); the rest is Django.
         "http": ReportRoute(ASGIStaticFilesHandler(django_asgi_app)),
         # Sidecars may keep one socket open for their reports (/ws/sidecar/, bearer token, no
-        # browser origin); every other socket is a logged-in dashboard from an allowed origin.
-        "websocket": ReportSocket(AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
+        # browser origin); every other socket is a logged-in dashboard from the hub's own origin
+        # (scheme, host and port: agentcom_site/origins.py).
+        "websocket": ReportSocket(SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -2,35 +2,60 @@
 
 from __future__ import annotations
 
-import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
-from agentcom_site.env import env_bool, env_float, env_int, env_list, env_str
-from registry.ollama import DEFAULT_ALLOWED_NETWORKS
+from agentcom_site import files
+from agentcom_site.env import (
+    env_bool,
+    env_float,
+    env_header,
+    env_hosts,
+    env_int,
+    env_log_level,
+    env_name,
+    env_origins,
+    env_parsed,
+    env_str,
+    env_url,
+)
+from registry.ollama import DEFAULT_ALLOWED_NETWORKS, parse_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(env_str("AGENTCOM_RUN_DIR", str(BASE_DIR / "run")))
-RUN_DIR.mkdir(parents=True, exist_ok=True)
+try:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    raise ImproperlyConfigured(f"AGENTCOM_RUN_DIR: cannot create {RUN_DIR}: {exc.strerror}") from None
 
 
 def _secret_key() -> str:
-    """Use DJANGO_SECRET_KEY, else a key generated once and kept in the run folder."""
-    key = env_str("DJANGO_SECRET_KEY", "")
-    if key:
-        return key
-    path = RUN_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    """Use DJANGO_SECRET_KEY, else a key generated once and kept (0600) in the run folder."""
+    return env_str("DJANGO_SECRET_KEY", "") or files.read_or_create_secret(RUN_DIR / "secret_key")
 
 
 SECRET_KEY = _secret_key()
 DEBUG = env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
-CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+ALLOWED_HOSTS = env_hosts("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+# Origins (scheme://host:port) allowed to open the dashboard socket, instead of "the page's own origin
+# on an allowed host" (for a proxy that rewrites Host); they are trusted for CSRF too.
+ALLOWED_ORIGINS = env_origins("DJANGO_ALLOWED_ORIGINS", "")
+CSRF_TRUSTED_ORIGINS = env_origins("DJANGO_CSRF_TRUSTED_ORIGINS", "", wildcards=True) + ALLOWED_ORIGINS
+
+# Served over HTTPS (directly or behind a TLS-terminating proxy): cookies only over HTTPS, and HSTS
+# (sent only on requests that arrived over HTTPS).
+SECURE = env_bool("DJANGO_SECURE", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE
+_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000)
+SECURE_HSTS_SECONDS = _HSTS_SECONDS if SECURE else 0
+# The header a TLS-terminating proxy sets to "https" (e.g. X-Forwarded-Proto). Only set it when every
+# request passes through that proxy, which must overwrite the header a client sends.
+_PROXY_SSL_HEADER = env_header("DJANGO_SECURE_PROXY_SSL_HEADER")
+if _PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
 
 # No "daphne" app: it only swaps in its own `runserver` (the hub runs daphne itself), and left
 # out, the Celery worker and management commands skip importing Twisted (~25 MiB, ~0.2 s each).
@@ -42,6 +67,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    # Only so that /api/v1/docs serves Swagger UI from the hub's static files (no CDN, no inline script).
+    "ninja",
+    "axes",
     "registry",
     "dashboard",
 ]
@@ -53,9 +81,35 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "agentcom_site.middleware.ApiNeedsCredentials",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "agentcom_site.middleware.ContentSecurityPolicy",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login lockout (django-axes): LOGIN_FAILURE_LIMIT wrong passwords from one client address lock it
+# out of the login page and the admin's for LOGIN_LOCKOUT_MINUTES (0: until someone runs
+# `manage.py axes_reset_ip ADDRESS`). Counted in the database, so every daphne shares the count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+_LOCKOUT_MINUTES = env_float("LOGIN_LOCKOUT_MINUTES", 15.0)
+AXES_COOLOFF_TIME = timedelta(minutes=_LOCKOUT_MINUTES) if _LOCKOUT_MINUTES else None
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_LOCKOUT_CALLABLE = "agentcom_site.lockout.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "agentcom_site.lockout.client_ip"
+# Failures expire after the lockout time; a success does not wipe them (else one valid account
+# would let its holder guess another's password forever, four tries at a time).
+AXES_RESET_ON_SUCCESS = False
+# The lockout ends LOGIN_LOCKOUT_MINUTES after the last counted failure, as the page says; tries
+# meanwhile do not extend it.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_DISABLE_ACCESS_LOG = True  # no row per successful login: storage stays bounded
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "agentcom_site.urls"
 TEMPLATES = [
@@ -84,7 +138,10 @@ _SQLITE_OPTIONS = {
 }
 DATABASE_URL = env_str("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    try:
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    except (ValueError, KeyError) as exc:  # UnknownSchemeError is a ValueError
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL ({exc}): {DATABASE_URL!r}") from None
     if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         DATABASES["default"]["ENGINE"] = "agentcom_site.sqlite"
         DATABASES["default"]["OPTIONS"] = dict(_SQLITE_OPTIONS)
@@ -101,6 +158,9 @@ else:
             "TEST": {"NAME": str(RUN_DIR / "test.sqlite3")},
         }
     }
+if "sqlite" in DATABASES["default"]["ENGINE"] and str(DATABASES["default"]["NAME"]) not in ("", ":memory:"):
+    # Sessions live in this file: readable by its user only, -wal and -shm included.
+    files.private_sqlite(Path(DATABASES["default"]["NAME"]))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -119,7 +179,7 @@ STATIC_URL = "/static/"
 STATIC_ROOT = RUN_DIR / "static"
 
 # Redis serves both the Celery broker and the channel layer.
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", ("redis", "rediss", "unix"))
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -136,7 +196,7 @@ CHANNEL_LAYERS = {
                     "socket_connect_timeout": 5,
                 }
             ],
-            "prefix": env_str("AGENTCOM_CHANNEL_PREFIX", "asgi"),
+            "prefix": env_name("AGENTCOM_CHANNEL_PREFIX", "asgi"),
             "capacity": 1000,
             "expiry": 30,
         },
@@ -146,7 +206,7 @@ CHANNEL_LAYERS = {
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_TASK_DEFAULT_QUEUE = env_str("AGENTCOM_CELERY_QUEUE", "agentcom")
+CELERY_TASK_DEFAULT_QUEUE = env_name("AGENTCOM_CELERY_QUEUE", "agentcom")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = False
@@ -162,7 +222,9 @@ STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)
 RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0.01)
 # Proxies (networks) whose X-Forwarded-For names the real client: a sidecar behind one is judged
 # by its own address when it advertises its Ollama.
+# Login lockouts count per client by the same rule (agentcom_site/lockout.py).
 REGISTRY_TRUSTED_PROXIES = env_str("REGISTRY_TRUSTED_PROXIES", "")
+env_parsed("REGISTRY_TRUSTED_PROXIES", "", lambda text: parse_networks(text) if text else [])
 RESOURCE_HISTORY_SECONDS = env_float("RESOURCE_HISTORY_SECONDS", 60.0, minimum=0.0)
 # A revoked token stops working in every process within this time (tokens are cached in memory).
 TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0.0)
@@ -171,6 +233,7 @@ REPORT_QUEUE_MAX = env_int("REPORT_QUEUE_MAX", 2000, minimum=1)
 # A report that could not be written within this time is refused with 503 (nothing stored).
 REPORT_MAX_WAIT_SECONDS = env_float("REPORT_MAX_WAIT_SECONDS", 2.0, minimum=0.1)
 REGISTRY_ALLOWED_NETWORKS = env_str("REGISTRY_ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS)
+env_parsed("REGISTRY_ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS, parse_networks)  # refuse `banana` here
 DASHBOARD_MAX_FRAMES_PER_SECOND = env_float("DASHBOARD_MAX_FRAMES_PER_SECOND", 4.0, minimum=0.5)
 PUBLISH_MAX_EVENTS_PER_SECOND = env_float("PUBLISH_MAX_EVENTS_PER_SECOND", 10.0, minimum=0.5)
 # An open dashboard re-checks its session this often (expiry); logout and permission changes
@@ -182,10 +245,11 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},  # one line per request is noise at fleet scale
+        "axes": {"level": "WARNING"},  # lockouts are logged at WARNING; every login at INFO is noise
     },
 }
 

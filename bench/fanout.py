@@ -96,7 +96,9 @@ class Client:
 
 
 async def run_client(session, url: str, cookie: str, client: Client, stop: asyncio.Event, ready) -> None:
-    headers = {"Cookie": f"sessionid={cookie}", "Origin": "http://127.0.0.1"}
+    # The hub's own origin, port included (the socket refuses any other).
+    origin = "http://" + url.split("://", 1)[1].split("/", 1)[0]
+    headers = {"Cookie": f"sessionid={cookie}", "Origin": origin}
     async with session.ws_connect(url, headers=headers, max_msg_size=0) as ws:
         ready()
         while not stop.is_set():

@@ -16,7 +16,7 @@ from ninja.security import HttpBearer, SessionAuth
 
 from registry import ingest, services
 from registry.models import Token
-from registry.schemas import EndpointsIn, SidecarReport
+from registry.schemas import NAME_PATTERN, EndpointsIn, SidecarReport
 from registry.wire import EndpointRow, ErrorBody, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,9 @@ def _auth_error(request, exc: AuthenticationError):
     detail = (
         exc.message if exc.message != "Unauthorized" else "log in as staff or send 'Authorization: Bearer <token>'."
     )
-    return _error(request, "unauthorized", detail, 401)
+    response = _error(request, "unauthorized", detail, 401)
+    response["WWW-Authenticate"] = 'Bearer realm="agentcom"'
+    return response
 
 
 @api.exception_handler(HttpError)
@@ -143,9 +145,10 @@ class ReportOut(Schema):
     endpoint_id: int | None
 
 
-# Any route: 401 no, wrong or revoked credentials; 403 a sidecar token, or a session without the
-# permission; 503 the database busy or unreachable (with Retry-After).
-ANY_ROUTE = (401, 403, 503)
+# Any route: 400 a request Django refuses before the route (a Host not in DJANGO_ALLOWED_HOSTS);
+# 401 no, wrong or revoked credentials; 403 a sidecar token, or a session without the permission;
+# 503 the database busy or unreachable (with Retry-After).
+ANY_ROUTE = (400, 401, 403, 503)
 ERRORS = errors(400, 401, 403, 404, 409, 413)
 
 
@@ -161,17 +164,33 @@ def _query(status: str, model: str, q: str, offset: int, limit: int | None) -> s
 
 
 # The filters and paging both read routes take (each optional).
-STATUS_Q = Query("", description="only endpoints with this status: unknown, healthy or unhealthy")
-MODEL_Q = Query("", description='only endpoints holding this model ("llama3" also matches "llama3:8b")')
-TEXT_Q = Query("", description="only endpoints whose host, address, name or a model's name contains this text")
-OFFSET_Q = Query(0, description="skip this many matching endpoints (ordered by address, port)")
-LIMIT_Q = Query(None, description=f"at most this many endpoints (1 to {services.MAX_PAGE}); all when absent")
+# Their constraints are published in the OpenAPI description and enforced before the route runs.
+STATUS_Q = Query(
+    "",
+    pattern="^(unknown|healthy|unhealthy)?$",
+    description="only endpoints with this status: unknown, healthy or unhealthy",
+)
+MODEL_Q = Query(
+    "", pattern=NAME_PATTERN, description='only endpoints holding this model ("llama3" also matches "llama3:8b")'
+)
+TEXT_Q = Query(
+    "",
+    pattern=NAME_PATTERN,
+    description="only endpoints whose host, address, name or a model's name contains this text",
+)
+OFFSET_Q = Query(0, ge=0, le=2**63 - 1, description="skip this many matching endpoints (ordered by address, port)")
+LIMIT_Q = Query(
+    None,
+    ge=1,
+    le=services.MAX_PAGE,
+    description=f"at most this many endpoints (1 to {services.MAX_PAGE}); all when absent",
+)
 
 
 @api.get(
     "/endpoints",
     auth=admin_auth,
-    response={200: list[EndpointRow], **errors(400, *ANY_ROUTE)},
+    response={200: list[EndpointRow], **errors(*ANY_ROUTE)},
     tags=["endpoints"],
 )
 def list_endpoints(
@@ -187,7 +206,7 @@ def list_endpoints(
 @api.post(
     "/endpoints",
     auth=admin_auth,
-    response={201: EndpointRow | list[EndpointRow], **errors(400, *ANY_ROUTE, 409, 413)},
+    response={201: EndpointRow | list[EndpointRow], **errors(*ANY_ROUTE, 409, 413)},
     tags=["endpoints"],
 )
 def create_endpoint(request, payload: Body[EndpointsIn]):
@@ -204,7 +223,7 @@ def create_endpoint(request, payload: Body[EndpointsIn]):
 @api.get(
     "/endpoints/{endpoint_id}",
     auth=admin_auth,
-    response={200: EndpointRow, **errors(400, *ANY_ROUTE, 404)},
+    response={200: EndpointRow, **errors(*ANY_ROUTE, 404)},
     tags=["endpoints"],
 )
 def get_endpoint(request, endpoint_id: int):
@@ -216,7 +235,7 @@ def get_endpoint(request, endpoint_id: int):
 @api.delete(
     "/endpoints/{endpoint_id}",
     auth=admin_auth,
-    response={204: None, **errors(400, *ANY_ROUTE, 404)},
+    response={204: None, **errors(*ANY_ROUTE, 404)},
     tags=["endpoints"],
 )
 def delete_endpoint(request, endpoint_id: int):
@@ -229,7 +248,7 @@ def delete_endpoint(request, endpoint_id: int):
 @api.get(
     "/snapshot",
     auth=[TokenAuth(Token.Scope.ADMIN), UserSession()],
-    response={200: Snapshot, **errors(400, *ANY_ROUTE)},
+    response={200: Snapshot, **errors(*ANY_ROUTE)},
     tags=["fleet"],
 )
 def snapshot(

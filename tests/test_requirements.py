@@ -17,6 +17,7 @@ LOADED_BY_NAME = {
     "daphne": "the web server, run as `python -m daphne` (agentcom_site/processes.py)",
     "channels-redis": "the channel layer, named as BACKEND in CHANNEL_LAYERS (settings.py)",
     "psycopg": "Django's PostgreSQL backend, when DATABASE_URL names PostgreSQL",
+    "django-axes": "the login lockout, named in INSTALLED_APPS, MIDDLEWARE and AUTHENTICATION_BACKENDS (settings.py)",
 }
 
 

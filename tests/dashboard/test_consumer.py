@@ -21,6 +21,7 @@ from registry.schemas import SidecarReport
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")  # the origin check compares Origin with the Host the browser connected to
 
 
 @sync_to_async
@@ -30,8 +31,8 @@ def session_cookie(user) -> bytes:
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-async def connect(user=None, origin=ORIGIN) -> WebsocketCommunicator:
-    headers = [origin] if origin else []
+async def connect(user=None, origin=ORIGIN, host=HOST) -> WebsocketCommunicator:
+    headers = [host, origin] if origin else [host]
     if user is not None:
         headers.append((b"cookie", await session_cookie(user)))
     communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=headers)
@@ -132,6 +133,8 @@ async def test_anonymous_socket_is_refused_and_sees_nothing(db):
         b"http://evil.example.com",
         b"http://localhost.evil.example.com",  # an allowed name as a prefix is not that name
         b"http://evil.example.com:8000",
+        b"http://localhost:9999",  # another server on the hub's machine (the hub is localhost:80 here)
+        b"https://localhost",  # another scheme
         b"null",  # a sandboxed frame or a file:// page
         None,  # no Origin header at all
     ],
@@ -148,7 +151,8 @@ async def test_a_logged_in_socket_from_a_foreign_origin_is_refused_before_the_lo
 @pytest.mark.parametrize("origin", [b"http://localhost", b"http://127.0.0.1:8000", b"http://[::1]:8000"])
 async def test_the_same_login_from_an_allowed_origin_gets_the_snapshot(operator, origin):
     await sync_to_async(services.register_endpoint)("gpu-secret")
-    communicator = await connect(operator, origin=(b"origin", origin))
+    # The page and its socket share the origin: the browser sends that host and port as Host.
+    communicator = await connect(operator, origin=(b"origin", origin), host=(b"host", origin.split(b"://")[1]))
     assert communicator.connected
     assert [e["host"] for e in (await receive_until(communicator, "snapshot"))["endpoints"]] == ["gpu-secret"]
     await communicator.disconnect()
@@ -309,7 +313,7 @@ async def test_logging_out_in_another_tab_closes_the_socket_so_the_page_goes_to_
     client = Client()
     await sync_to_async(client.force_login)(operator)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=[ORIGIN, (b"cookie", cookie)])
+    communicator = WebsocketCommunicator(application, "/ws/dashboard/", headers=[HOST, ORIGIN, (b"cookie", cookie)])
     assert (await communicator.connect(timeout=5))[0]
     await receive_until(communicator, "snapshot")
     response = await sync_to_async(client.post)("/accounts/logout/")

@@ -211,7 +211,7 @@ def test_a_list_registers_every_endpoint_in_one_call(api, admin_token):
         ([{"host": "gpu-01"}, {"host": "8.8.8.8"}], 400, "entry 1"),
         ([{"host": "gpu-01"}, {"host": "already"}], 409, "entry 1"),
         ([{"host": f"gpu-{i}"} for i in range(1001)], 400, "at most 1000"),
-        ([], 400, "empty"),
+        ([], 400, "at least 1 item"),
     ],
 )
 def test_a_list_with_one_bad_entry_registers_nothing(api, admin_token, entries, status, words):

@@ -10,6 +10,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from agentcom_site.files import write_private
+
 
 class Command(BaseCommand):
     help = "Create the superuser 'admin' when no user exists (password from DJANGO_SUPERUSER_PASSWORD or generated)."
@@ -30,7 +32,6 @@ class Command(BaseCommand):
         elif saved:
             self.stdout.write(f"Created superuser 'admin' with the password saved in {password_file}.")
         else:
-            password_file.touch(mode=0o600)
-            password_file.write_text(password + "\n")
+            write_private(password_file, password + "\n")
             self.stdout.write(f"Created superuser 'admin' with password: {password}")
             self.stdout.write(f"(shown once; saved in {password_file}, readable only by you)")

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import redis
 from django.conf import settings
 
 from agentcom_site.processes import free_port
@@ -19,7 +20,10 @@ from tests.live import wait_until
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # The test run's own isolation: a launched hub must derive its own namespace like a real one.
-NOT_INHERITED = ("AGENTCOM_CHANNEL_PREFIX", "AGENTCOM_CELERY_QUEUE", "AGENTCOM_NAMESPACE", "DATABASE_URL")
+NOT_INHERITED = (
+    *("AGENTCOM_CHANNEL_PREFIX", "AGENTCOM_CELERY_QUEUE", "AGENTCOM_NAMESPACE", "DATABASE_URL"),
+    *("PROBE_ON_REGISTER", "PROBE_TIMEOUT_SECONDS", "RESOURCE_HISTORY_SECONDS"),  # tests.settings' own
+)
 
 
 class LaunchedHub:
@@ -63,6 +67,11 @@ class LaunchedHub:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        if "namespace" in self.log():  # leave nothing of this hub on the shared Redis
+            client = redis.Redis.from_url(settings.REDIS_URL)
+            for key in client.scan_iter(f"{self.namespace}*"):
+                client.delete(key)
+            client.close()
 
     def log(self) -> str:
         return (self.folder / "launcher.log").read_text(errors="replace")

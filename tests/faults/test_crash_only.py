@@ -45,7 +45,9 @@ def test_a_killed_daphne_or_worker_is_restarted_and_the_hub_answers_again(hub, f
     restart = kill_and_wait_for_restart(hub, "daphne")
     answers = seconds_until(lambda: hub.request("GET", "/healthz")[0] == 200, timeout=30)
     assert answers is not None, hub.log()
-    print(f"\ndaphne killed: restarted after {restart:.2f} s, /healthz answered {restart + answers:.2f} s after the kill")
+    print(
+        f"\ndaphne killed: restarted after {restart:.2f} s, /healthz answered {restart + answers:.2f} s after the kill"
+    )
     # The new daphne takes registrations; the worker probes them.
     first = hub.register(token, fake_fleet.add(models=["llama3"])[1])
     assert wait_until(lambda: hub.status_of(token, first) == "healthy", timeout=30), hub.log()

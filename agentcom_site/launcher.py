@@ -198,6 +198,16 @@ def hub_processes(env: dict, host: str, port: str) -> list[tuple[str, list[str]]
     ]
 
 
+def port_free(host: str, port: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as daphne: TIME_WAIT is no obstacle
+            sock.bind((host, int(port)))
+        return True
+    except OSError:
+        return False
+
+
 def healthz_answers(host: str, port: str) -> bool:
     connection = http.client.HTTPConnection(host, int(port), timeout=1)
     try:
@@ -308,6 +318,10 @@ class Supervisor:
 
 
 def run(extra: list[tuple[str, list[str]]] | None = None) -> int:
+    host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "8000")
+    if not port_free(host, port):  # else daphne would die and be restarted over and over
+        log(f"{host}:{port} is in use (another hub?): set PORT (and HOST) to another")
+        return 1
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     redis = Redis()
     env = dict(os.environ, REDIS_URL=redis.start(), AGENTCOM_RUN_DIR=str(RUN_DIR))
@@ -315,7 +329,6 @@ def run(extra: list[tuple[str, list[str]]] | None = None) -> int:
     log(f"Redis {redisplay(env['REDIS_URL'])}, namespace {namespace} (set AGENTCOM_NAMESPACE to choose another)")
     try:
         prepare(env)
-        host, port = env.get("HOST", "127.0.0.1"), env.get("PORT", "8000")
         supervisor = Supervisor()
         for name, cmd in hub_processes(env, host, port) + (extra or []):
             supervisor.start(cmd, env, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import sys
 
 import pytest
@@ -51,3 +52,15 @@ def test_ctrl_c_stops_every_child_at_once(supervisor):
     supervisor._stop(signal.SIGINT, None)
     assert supervisor.run() == 0
     assert all(proc.poll() is not None for proc in supervisor.procs)
+
+
+def test_a_port_in_use_stops_make_run_at_once_with_a_message_instead_of_a_restart_loop(monkeypatch, capsys):
+    from agentcom_site import launcher
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        monkeypatch.setenv("HOST", "127.0.0.1")
+        monkeypatch.setenv("PORT", str(busy.getsockname()[1]))
+        assert launcher.run() == 1
+    assert "is in use (another hub?): set PORT" in capsys.readouterr().out

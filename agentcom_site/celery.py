@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
 from celery import Celery, bootsteps
 from celery.beat import EmbeddedService
@@ -37,3 +39,69 @@ app.user_options["worker"].add(
     Option(["--beat-thread"], is_flag=True, default=False, help="Run beat as a thread of this worker.")
 )
 app.steps["worker"].add(ThreadedBeat)
+
+
+# A live worker keeps this key alive in Redis; /readyz reads it (one GET, no round trip to a worker).
+HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_TTL_SECONDS = 6
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    """Refresh `<namespace>:worker-alive` every HEARTBEAT_SECONDS, expiring after HEARTBEAT_TTL_SECONDS.
+
+    A killed worker stops refreshing it, so /readyz says "worker: down" within the expiry.
+    """
+
+    label = "Heartbeat (readyz)"
+
+    def __init__(self, worker, **options):
+        self.stopped = threading.Event()
+        self.thread = None
+        super().__init__(worker, **options)
+
+    def start(self, worker):
+        self.stopped.clear()
+        self.thread = threading.Thread(target=self._beat, args=(worker.hostname,), name="heartbeat", daemon=True)
+        self.thread.start()
+
+    def stop(self, worker):
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join(timeout=HEARTBEAT_SECONDS + 1)
+        with _redis() as client:
+            try:
+                client.delete(_heartbeat_key())
+            except Exception:  # shutting down; the key expires by itself
+                pass
+
+    terminate = stop
+
+    def _beat(self, hostname: str) -> None:
+        key = _heartbeat_key()
+        with _redis() as client:
+            while not self.stopped.is_set():
+                try:
+                    client.set(key, hostname, ex=HEARTBEAT_TTL_SECONDS)
+                except Exception as exc:  # Redis away: keep trying; readyz reports Redis meanwhile
+                    logger.warning("worker heartbeat failed: %s", exc.__class__.__name__)
+                self.stopped.wait(HEARTBEAT_SECONDS)
+
+
+def _heartbeat_key() -> str:
+    from django.conf import settings
+
+    from agentcom_site.namespace import worker_heartbeat_key
+
+    return worker_heartbeat_key(settings.AGENTCOM_NAMESPACE)
+
+
+def _redis():
+    import redis
+    from django.conf import settings
+
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+
+
+app.steps["worker"].add(Heartbeat)

@@ -24,10 +24,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agentcom_site import processes
+from agentcom_site.namespace import hub_namespace
 from agentcom_site.processes import free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-RUN_DIR = Path(os.environ.get("AGENTCOM_RUN_DIR", BASE_DIR / "run"))
+RUN_DIR = Path(os.environ.get("AGENTCOM_RUN_DIR", BASE_DIR / "run")).resolve()
 PY = sys.executable
 
 
@@ -47,6 +48,14 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def redisplay(url: str) -> str:
+    """The Redis URL without its password, for the log."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 class Redis:
@@ -179,7 +188,7 @@ def prepare(env: dict) -> None:
 
 def hub_processes(env: dict, host: str, port: str) -> list[tuple[str, list[str]]]:
     """daphne, and one Celery worker with beat inside (the one-machine layout)."""
-    queue = env.get("AGENTCOM_CELERY_QUEUE", "agentcom")
+    queue = env.get("AGENTCOM_CELERY_QUEUE") or hub_namespace(env, run_dir=RUN_DIR)
     loglevel = env.get("CELERY_LOG_LEVEL", "WARNING")
     concurrency = env.get("CELERY_CONCURRENCY", str(processes.WORKER_CONCURRENCY))
     schedule = RUN_DIR / "celerybeat-schedule"
@@ -187,6 +196,16 @@ def hub_processes(env: dict, host: str, port: str) -> list[tuple[str, list[str]]
         ("daphne", processes.daphne(host, port, access_log=RUN_DIR / "access.log")),
         ("worker", processes.worker(queue, loglevel=loglevel, concurrency=concurrency, beat_schedule=schedule)),
     ]
+
+
+def port_free(host: str, port: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as daphne: TIME_WAIT is no obstacle
+            sock.bind((host, int(port)))
+        return True
+    except OSError:
+        return False
 
 
 def healthz_answers(host: str, port: str) -> bool:
@@ -200,12 +219,38 @@ def healthz_answers(host: str, port: str) -> bool:
         connection.close()
 
 
+class Child:
+    """One supervised process: its command, the process now running it, and its restart delay."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict) -> None:
+        self.name, self.cmd, self.env = name, cmd, env
+        self.proc: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.delay = Supervisor.FIRST_DELAY
+        self.restart_at: float | None = None  # set while it is down, waiting to be started again
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=BASE_DIR)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+
 class Supervisor:
-    """Start processes; stop them all on Ctrl-C/SIGTERM or as soon as one of them dies."""
+    """Start processes; restart one that dies; stop them all on Ctrl-C/SIGTERM.
+
+    Crash-only: a child that exits is started again after FIRST_DELAY, doubling each time it dies
+    again, up to MAX_DELAY; a child that stayed up STABLE_AFTER seconds starts over at FIRST_DELAY.
+    """
+
+    FIRST_DELAY = 0.5
+    MAX_DELAY = 30.0
+    STABLE_AFTER = 60.0
+    POLL = 0.1
 
     def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
+        self.children: list[Child] = []
         self.stopping = False
+        self.restarts = 0
         # Installed before anything starts, so that a Ctrl-C at any moment stops every process.
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGTERM, self._stop)
@@ -213,30 +258,54 @@ class Supervisor:
     def _stop(self, signum, frame) -> None:
         self.stopping = True
 
-    def start(self, cmd: list[str], env: dict) -> None:
-        self.procs.append(subprocess.Popen(cmd, env=env, cwd=BASE_DIR))
+    @property
+    def procs(self) -> list[subprocess.Popen]:
+        return [child.proc for child in self.children if child.proc is not None]
 
-    def exited(self) -> subprocess.Popen | None:
-        return next((proc for proc in self.procs if proc.poll() is not None), None)
+    def start(self, cmd: list[str], env: dict, name: str | None = None) -> None:
+        child = Child(name or Path(cmd[0]).name, cmd, env)
+        child.start()
+        self.children.append(child)
+        log(f"started {child.name} (pid {child.proc.pid})")
+
+    def tick(self) -> None:
+        """Notice children that exited and restart those whose delay is over."""
+        now = time.monotonic()
+        for child in self.children:
+            if self.stopping:
+                return
+            if child.restart_at is None and child.proc is not None and child.proc.poll() is not None:
+                code = child.proc.returncode
+                how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                if now - child.started_at >= self.STABLE_AFTER:
+                    child.delay = self.FIRST_DELAY
+                child.restart_at = now + child.delay
+                log(f"{child.name} (pid {child.proc.pid}) died ({how}); restarting it in {child.delay:g} s")
+                child.delay = min(child.delay * 2, self.MAX_DELAY)
+            elif child.restart_at is not None and now >= child.restart_at:
+                child.start()
+                self.restarts += 1
+                log(f"restarted {child.name} (pid {child.proc.pid})")
 
     def wait_until(self, check, timeout: float = 60) -> bool:
-        """Poll `check` until it holds; False if stopped, a process died or time ran out."""
+        """Poll `check` (restarting what dies meanwhile) until it holds; False if stopped or out of time."""
         deadline = time.monotonic() + timeout
-        while not self.stopping and not self.exited() and time.monotonic() < deadline:
+        while not self.stopping and time.monotonic() < deadline:
+            self.tick()
             if check():
                 return True
             time.sleep(0.05)
         return False
 
     def run(self) -> int:
-        """Wait until Ctrl-C/SIGTERM or until one process dies; then stop them all."""
-        code = 0
+        """Restart what dies until Ctrl-C/SIGTERM; then stop them all."""
         while not self.stopping:
-            if proc := self.exited():
-                log(f"a process exited (pid {proc.pid}, code {proc.returncode}); stopping the others")
-                code = proc.returncode or 1
-                break
-            time.sleep(0.3)
+            self.tick()
+            time.sleep(self.POLL)
+        self.stop_all()
+        return 0
+
+    def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -246,19 +315,23 @@ class Supervisor:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
-        return code
 
 
 def run(extra: list[tuple[str, list[str]]] | None = None) -> int:
+    host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "8000")
+    if not port_free(host, port):  # else daphne would die and be restarted over and over
+        log(f"{host}:{port} is in use (another hub?): set PORT (and HOST) to another")
+        return 1
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     redis = Redis()
     env = dict(os.environ, REDIS_URL=redis.start(), AGENTCOM_RUN_DIR=str(RUN_DIR))
+    namespace = hub_namespace(env, run_dir=RUN_DIR)
+    log(f"Redis {redisplay(env['REDIS_URL'])}, namespace {namespace} (set AGENTCOM_NAMESPACE to choose another)")
     try:
         prepare(env)
-        host, port = env.get("HOST", "127.0.0.1"), env.get("PORT", "8000")
         supervisor = Supervisor()
-        for _, cmd in hub_processes(env, host, port) + (extra or []):
-            supervisor.start(cmd, env)
+        for name, cmd in hub_processes(env, host, port) + (extra or []):
+            supervisor.start(cmd, env, name)
         if supervisor.wait_until(lambda: healthz_answers(host, port)):
             shown = f"[{host}]" if ":" in host else host
             log(f"hub running: http://{shown}:{port}/dashboard/  (admin: /admin/, API docs: /api/v1/docs)")

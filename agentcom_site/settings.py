@@ -22,6 +22,7 @@ from agentcom_site.env import (
     env_str,
     env_url,
 )
+from agentcom_site.namespace import hub_namespace
 from registry.ollama import DEFAULT_ALLOWED_NETWORKS, parse_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -180,6 +181,10 @@ STATIC_ROOT = RUN_DIR / "static"
 
 # Redis serves both the Celery broker and the channel layer.
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", ("redis", "rediss", "unix"))
+# Every Redis key, queue and group of this hub starts with its namespace, so hubs sharing a Redis
+# never see each other's tasks or events. Default: a hash of the database's identity (so every
+# process of one hub derives the same name, and two hubs on two databases never do).
+AGENTCOM_NAMESPACE = env_name("AGENTCOM_NAMESPACE", hub_namespace(run_dir=RUN_DIR))
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -196,7 +201,7 @@ CHANNEL_LAYERS = {
                     "socket_connect_timeout": 5,
                 }
             ],
-            "prefix": env_name("AGENTCOM_CHANNEL_PREFIX", "asgi"),
+            "prefix": env_name("AGENTCOM_CHANNEL_PREFIX", AGENTCOM_NAMESPACE),
             "capacity": 1000,
             "expiry": 30,
         },
@@ -206,7 +211,9 @@ CHANNEL_LAYERS = {
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_TASK_DEFAULT_QUEUE = env_name("AGENTCOM_CELERY_QUEUE", "agentcom")
+CELERY_TASK_DEFAULT_QUEUE = env_name("AGENTCOM_CELERY_QUEUE", AGENTCOM_NAMESPACE)
+# kombu's own keys (bindings, unacked, remote control) under the namespace too.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{AGENTCOM_NAMESPACE}:"}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = False

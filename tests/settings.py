@@ -9,6 +9,7 @@ import uuid
 # end-to-end tests start, so that a test run never shares queues or groups with a live hub.
 os.environ.setdefault("AGENTCOM_CHANNEL_PREFIX", f"test-{uuid.uuid4().hex[:8]}")
 os.environ.setdefault("AGENTCOM_CELERY_QUEUE", os.environ["AGENTCOM_CHANNEL_PREFIX"])
+os.environ.setdefault("AGENTCOM_NAMESPACE", os.environ["AGENTCOM_CHANNEL_PREFIX"])
 os.environ.setdefault("PROBE_ON_REGISTER", "false")
 os.environ.setdefault("PROBE_TIMEOUT_SECONDS", "1")
 # Every report leaves a history row in tests (tests of sampling set their own interval).

@@ -93,7 +93,8 @@ def test_probe_now_action_queues_a_probe_task_for_the_selected_endpoints(admin_c
 
     endpoint, _ = services.register_endpoint("gpu-01")
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    # The queue's Redis key, under the hub's namespace (kombu's global_keyprefix).
+    queue = settings.CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] + settings.CELERY_TASK_DEFAULT_QUEUE
     broker.delete(queue)
     response = admin_client.post(
         "/admin/registry/endpoint/", {"action": "probe_now", "_selected_action": [endpoint.id]}, follow=True

@@ -77,11 +77,15 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         snapshot built after joining, so it holds every change whose event this socket missed."""
         try:
             await self.join_groups()
-            await self.send_snapshot()
-        except Exception:  # the watcher tries again at its next look if Redis failed again
-            logger.warning("could not resync a dashboard socket", exc_info=True)
+        except Exception:  # Redis failed again: the watcher tries again after its next good look
+            logger.warning("could not rejoin the dashboard groups", exc_info=True)
             if self.watch is not None:
                 self.watch.receive_failed()
+            return
+        try:
+            await self.send_snapshot()
+        except Exception:  # the socket closed meanwhile
+            logger.info("could not send a resync snapshot", exc_info=True)
 
     # Channels sets `channel_receive` to the layer's receive for this socket, and a receive that
     # raises (Redis stopped) would end the consumer: the socket died, or a connect got an HTTP 500.

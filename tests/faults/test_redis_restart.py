@@ -119,7 +119,7 @@ def test_a_page_shows_the_true_registry_after_redis_restarts_and_connects_meanwh
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
-    headers = {"Cookie": cookie, "Origin": "http://localhost"}
+    headers = {"Cookie": cookie, "Origin": hub.url}  # the page is served by this hub
     with connect(ws_url, additional_headers=headers) as socket:
         page = Page(socket)
         first = register(11001)

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 GROUP = "llm_registry"
 IDLE_CLOSE_SECONDS = 2.0
+RETRY_MIN_SECONDS = 0.2  # a failed publish is tried again after this, doubling up to RETRY_MAX_SECONDS
+RETRY_MAX_SECONDS = 5.0
 EVENT_TYPE = "registry.changed"  # handled by DashboardConsumer.registry_changed
 
 
@@ -43,6 +45,7 @@ class Publisher:
         self.sending = threading.Lock()  # held for a whole flush, so exit waits for one in flight
         self.thread: threading.Thread | None = None
         self.last_flush = 0.0
+        self.retry_delay = 0.0  # > 0 while publishing fails: the wait before the next try
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def reset_after_fork(self) -> None:
@@ -84,7 +87,7 @@ class Publisher:
                     connection.close()
                     self.wake.wait_for(self._pending)
             # Leading edge: an isolated change goes out at once; a burst waits out the interval.
-            time.sleep(max(0.0, self.last_flush + interval - time.monotonic()))
+            time.sleep(max(0.0, self.last_flush + max(interval, self.retry_delay) - time.monotonic()))
             self.flush()
 
     def flush(self) -> None:
@@ -98,10 +101,39 @@ class Publisher:
             try:
                 self._send(build_event(changed, removed, hosts, checked))
             except Exception:  # a database or Redis hiccup must not kill the publisher thread
-                logger.warning("could not publish a registry event", exc_info=True)
+                first = not self.retry_delay  # one traceback per outage, not one per try
+                self.retry_delay = min(RETRY_MAX_SECONDS, max(RETRY_MIN_SECONDS, 2 * self.retry_delay))
+                logger.warning(
+                    "could not publish a registry event; retrying in %.1f s", self.retry_delay, exc_info=first
+                )
                 connection.close()
+                self._drop_loop()
+                self._put_back(changed, removed, hosts, checked)
+            else:
+                if self.retry_delay:
+                    logger.warning("published the registry events held back while publishing failed")
+                self.retry_delay = 0.0
             if not connection.settings_dict.get("CONN_MAX_AGE"):
                 connection.close()  # no persistent connections wanted (the tests)
+
+    def _put_back(self, changed: set[int], removed: set[int], hosts: set[str], checked: dict[int, str]) -> None:
+        """Return a batch that could not be published to the pending ones (never lose an id)."""
+        with self.lock:
+            self.changed |= changed
+            self.removed |= removed
+            self.hosts |= hosts
+            self.checked = {**checked, **self.checked}  # a newer probe time wins
+            self.wake.notify()
+
+    def _drop_loop(self) -> None:
+        """Forget the loop and with it the layer's pool for it: the next try connects afresh
+        (after a Redis restart the pooled connections are dead)."""
+        loop, self.loop = self.loop, None
+        if loop is not None:
+            try:
+                loop.close()  # channels-redis closes this loop's connections as the loop closes
+            except Exception:
+                logger.debug("closing the publisher's event loop failed", exc_info=True)
 
     def _send(self, data: dict) -> None:
         layer = get_channel_layer()

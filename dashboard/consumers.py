@@ -13,7 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from pydantic import ValidationError
 
-from dashboard import frames
+from dashboard import frames, resync
 from dashboard.broadcast import GROUP
 from dashboard.sessions import session_digest, session_state, user_group
 from registry import services, wire
@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 MAX_FRAME_CHARS = 64 * 1024
 FIRST_ROWS = 200  # rows in the first snapshot frame: more than one screen, read in a few milliseconds
+RECEIVE_RETRY_MIN_SECONDS = 0.1
+RECEIVE_RETRY_MAX_SECONDS = 2.0  # longest wait between tries to receive from a channel layer that failed
 
 
 class DashboardConsumer(AsyncWebsocketConsumer):
@@ -37,8 +39,17 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.flush_handle: asyncio.TimerHandle | None = None
         self.session_key = self.scope["session"].session_key
         self.perms: tuple[bool, bool] | None = None
-        await self.channel_layer.group_add(GROUP, self.channel_name)
-        await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
+        try:
+            await self.join_groups()
+        except Exception:  # Redis is down: refuse cleanly, the page retries with its backoff
+            logger.warning("refusing a dashboard socket: the channel layer does not answer", exc_info=True)
+            del self.user  # nothing to leave at disconnect
+            await self.accept()  # a close before accept is an HTTP 403 without a code
+            await self.close(code=wire.CLOSE_TRY_AGAIN)
+            return
+        self.watch = resync.watch_for(self.channel_layer)
+        if self.watch is not None:
+            self.watch.add(self)
         await self.accept()
         self.check_task = asyncio.ensure_future(self._check_session_every())
         await self.send_snapshot()
@@ -48,9 +59,59 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             self.flush_handle.cancel()
         if getattr(self, "check_task", None):
             self.check_task.cancel()
+        if getattr(self, "watch", None):
+            self.watch.discard(self)
         if hasattr(self, "user"):
-            await self.channel_layer.group_discard(GROUP, self.channel_name)
-            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
+            try:
+                await self.channel_layer.group_discard(GROUP, self.channel_name)
+                await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
+            except Exception:  # Redis is down: the memberships expire by themselves
+                logger.info("could not leave the dashboard groups", exc_info=True)
+
+    async def join_groups(self) -> None:
+        await self.channel_layer.group_add(GROUP, self.channel_name)
+        await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
+
+    async def resync(self) -> None:
+        """After Redis was lost: join the groups again (a restarted Redis forgot them), then send a
+        snapshot built after joining, so it holds every change whose event this socket missed."""
+        try:
+            await self.join_groups()
+        except Exception:  # Redis failed again: the watcher tries again after its next good look
+            logger.warning("could not rejoin the dashboard groups", exc_info=True)
+            if self.watch is not None:
+                self.watch.receive_failed()
+            return
+        try:
+            await self.send_snapshot()
+        except Exception:  # the socket closed meanwhile
+            logger.info("could not send a resync snapshot", exc_info=True)
+
+    # Channels sets `channel_receive` to the layer's receive for this socket, and a receive that
+    # raises (Redis stopped) would end the consumer: the socket died, or a connect got an HTTP 500.
+    # Keep the layer's receive aside and hand Channels one that waits for Redis to come back.
+    @property
+    def channel_receive(self):
+        return self._receive_from_layer
+
+    @channel_receive.setter
+    def channel_receive(self, receive) -> None:
+        self._layer_receive = receive
+
+    async def _receive_from_layer(self) -> dict:
+        delay = RECEIVE_RETRY_MIN_SECONDS
+        while True:
+            try:
+                return await self._layer_receive()
+            except Exception:
+                first = delay == RECEIVE_RETRY_MIN_SECONDS  # one traceback per outage, not one per try
+                logger.log(
+                    logging.INFO if first else logging.DEBUG, "receive from the channel layer failed", exc_info=first
+                )
+                if getattr(self, "watch", None) is not None:
+                    self.watch.receive_failed()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECEIVE_RETRY_MAX_SECONDS)
 
     async def send_json(self, data: dict) -> None:
         await self.send(text_data=frames.dumps(data))

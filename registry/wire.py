@@ -122,6 +122,9 @@ class ErrorBody(_Out):
 MAX_FRAME_BYTES = 256 * 1024  # no server -> browser frame is larger (UTF-8 bytes of its JSON)
 CLOSE_SESSION_ENDED = 4401  # logged out (in any tab) or the session expired: log in again
 CLOSE_DEACTIVATED = 4403  # the account was deactivated
+# The hub's Redis does not answer: try again later, with backoff (1013 says the same, but the
+# WebSocket server daphne uses only sends 1000 and 3000-4999; 4000 + the HTTP status, as 4401/4403).
+CLOSE_TRY_AGAIN = 4503
 
 
 class SnapshotFrame(Snapshot):

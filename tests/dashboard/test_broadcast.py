@@ -126,3 +126,25 @@ def test_a_forked_child_starts_with_a_clean_publisher(monkeypatch):
     # The parent kept its own batch; it goes out once the flush in flight is done.
     publisher.flush()
     assert not (publisher.changed or publisher.removed or publisher.hosts)
+
+
+async def test_a_publish_that_fails_is_retried_with_everything_it_held(events, monkeypatch):
+    a, b = await sync_to_async(make_endpoints)("retry-a", "retry-b")
+    monkeypatch.setattr(broadcast, "RETRY_MIN_SECONDS", 0.05)
+    publisher = Publisher()
+    real_send, failures = publisher._send, []
+
+    def send(data: dict) -> None:
+        if len(failures) < 2:  # Redis down for two tries
+            failures.append(data)
+            if len(failures) == 1:
+                publisher.add(changed=[b])  # a change that comes while publishing fails
+            raise ConnectionError("Connection closed by server.")
+        real_send(data)
+
+    publisher._send = send
+    publisher.add(changed=[a], checked={a: "2030-01-01T00:00:00+00:00"})
+    event = await events()
+    assert len(failures) == 2
+    assert sorted(row["id"] for row in event["endpoints"]) == [a, b]
+    assert event["checked"] == {str(a): "2030-01-01T00:00:00+00:00"}

@@ -14,7 +14,7 @@ from django.test import Client
 
 from agentcom_site.asgi import application
 from dashboard.broadcast import EVENT_TYPE, GROUP
-from registry import services
+from registry import services, wire
 from registry.models import Endpoint
 from registry.schemas import SidecarReport
 
@@ -340,3 +340,19 @@ async def test_another_session_of_the_same_user_stays_open_when_one_logs_out(ope
     assert (await receive_until(second, "snapshot"))["type"] == "snapshot"
     await first.disconnect()
     await second.disconnect()
+
+
+# --- the channel layer's Redis is down ---------------------------------------------------------
+
+
+async def test_a_connect_while_redis_is_down_is_refused_with_try_again_later(operator, monkeypatch):
+    from dashboard.consumers import DashboardConsumer
+
+    async def redis_down(self) -> None:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(DashboardConsumer, "join_groups", redis_down)
+    communicator = await connect(operator)
+    assert communicator.connected  # accepted only to say why it closes: a refused handshake has no code
+    assert await closed_with(communicator) == wire.CLOSE_TRY_AGAIN
+    await communicator.disconnect()

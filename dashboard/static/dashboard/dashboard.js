@@ -835,6 +835,7 @@
   }
 
   function applySnapshot(msg) {
+    state.attempt = 0;
     syncClock(msg.server_time);
     if (Number.isFinite(msg.stale_after_seconds)) state.staleAfterSeconds = msg.stale_after_seconds;
     // The snapshot is the truth: start over (rows already built are rebuilt as they arrive).
@@ -1010,9 +1011,9 @@
     let opened = false;
     state.ws = ws;
     ws.onopen = () => {
+      // The backoff starts over at the first snapshot, not here: a hub whose Redis is down
+      // accepts and at once closes with 4503 (try again later), and must not be retried in a tight loop.
       opened = true;
-      state.attempt = 0;
-      setConnection("live");
     };
     ws.onmessage = onMessage;
     ws.onclose = async (event) => {

@@ -87,7 +87,11 @@ def _validation_error(request, exc: ValidationError):
         if err.get("type") == "json_invalid":
             return _error(request, "invalid_json", "the request body is not valid JSON.", 400)
         parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
-    return _error(request, "invalid_input", "; ".join(parts) or "the request is invalid.", 400)
+    # A body the OpenAPI description allows that breaks a rule between its fields (a report's used
+    # over total): a code of its own, so a client can tell it from a body the description refuses.
+    consistent = any(err.get("type") != "inconsistent_report" for err in exc.errors)
+    code = "invalid_input" if consistent or not exc.errors else "inconsistent_report"
+    return _error(request, code, "; ".join(parts) or "the request is invalid.", 400)
 
 
 @api.exception_handler(AuthenticationError)

@@ -1,7 +1,8 @@
 """Wire schemas of the hub (no Django imports here).
 
 The sidecar report schema lives in the sidecar's own distribution (`agentcom_sidecar.report`) and is
-re-exported here, so the hub validates exactly what the sidecar builds.
+re-exported here, so the hub validates exactly what the sidecar builds. The host and name patterns
+live there too: the registration body publishes and enforces the same ones.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonS
 
 from agentcom_sidecar.report import (
     DEFAULT_OLLAMA_PORT,
+    HOST_PATTERN,
+    NAME_PATTERN,
+    PORT_TEXT,
     GpuReport,
     SidecarReport,
+    check_host,
     host_for_url,
     plain_text,
     split_host,
@@ -25,6 +30,9 @@ __all__ = [
     "MAX_BODY_BYTES",
     "EndpointIn",
     "EndpointsIn",
+    "HOST_PATTERN",
+    "NAME_PATTERN",
+    "PORT_TEXT",
     "GpuReport",
     "SidecarReport",
     "host_for_url",
@@ -33,34 +41,6 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 64 * 1024
-
-
-# What the registration body's fields accept, as regular expressions that the OpenAPI description
-# publishes and validation enforces first (the same text): a generated client cannot send a value the
-# description allows and the hub refuses. Narrower than split_host alone (no zone ids, no IPv4-in-IPv6).
-_NAME = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?"  # also IPv4
-_H16 = "[0-9A-Fa-f]{1,4}"
-_IPV6 = "|".join(
-    [
-        f"(?:{_H16}:){{7}}{_H16}",
-        f"(?:{_H16}:){{1,7}}:",
-        f"(?:{_H16}:){{1,6}}:{_H16}",
-        f"(?:{_H16}:){{1,5}}(?::{_H16}){{1,2}}",
-        f"(?:{_H16}:){{1,4}}(?::{_H16}){{1,3}}",
-        f"(?:{_H16}:){{1,3}}(?::{_H16}){{1,4}}",
-        f"(?:{_H16}:){{1,2}}(?::{_H16}){{1,5}}",
-        f"{_H16}:(?::{_H16}){{1,6}}",
-        f":(?:(?::{_H16}){{1,7}}|:)",
-    ]
-)
-PORT_TEXT = "(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-_PORT = f"(?::{PORT_TEXT})?"
-HOST_PATTERN = (
-    f"^(?:https?://(?:{_NAME}|\\[(?:{_IPV6})\\]){_PORT}/?"  # a URL: scheme, host, port, at most a slash
-    f"|(?:{_NAME}|\\[(?:{_IPV6})\\]){_PORT}/*"  # a host, [IPv6] or either with :port
-    f"|(?:{_IPV6}))$"  # a bare IPv6 literal
-)
-NAME_PATTERN = "^[^\\x00-\\x1f\\x7f]*$"  # no control characters (NUL breaks PostgreSQL text)
 
 
 _PORT_SCHEMA = {
@@ -103,10 +83,7 @@ class EndpointIn(BaseModel):
     def _host_text(cls, value):
         if not isinstance(value, str):
             raise ValueError("host must be text")
-        split_host(value)  # the readable reason, e.g. "host must not contain spaces"
-        if not _HOST_RE.match(value):
-            raise ValueError("host must be a host name, an IP address or a URL such as http://gpu-01:11434/")
-        return value
+        return check_host(value)  # the readable reason first, e.g. "host must not contain spaces"
 
     @field_validator("port", mode="before")
     @classmethod
@@ -139,7 +116,6 @@ class EndpointIn(BaseModel):
         return self
 
 
-_HOST_RE = re.compile(HOST_PATTERN)
 _PORT_RE = re.compile(f"^{PORT_TEXT}$")
 
 

@@ -32,7 +32,7 @@ import httpx
 import psutil
 from pydantic import ValidationError
 
-from agentcom_sidecar.report import DEFAULT_OLLAMA_PORT, SidecarReport, host_for_url, split_host
+from agentcom_sidecar.report import DEFAULT_OLLAMA_PORT, SidecarReport, check_ollama_url, host_for_url, split_host
 
 logger = logging.getLogger(__name__)
 
@@ -568,10 +568,9 @@ def _advertise_url(value: str) -> str:
     if "://" not in text:
         text = f"http://{text}"
     try:
-        host, _ = split_host(text)
+        return check_ollama_url(text)  # what the report's ollama_url accepts, so reports stay valid
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _host_name(value: str) -> str:

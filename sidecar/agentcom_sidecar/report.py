@@ -148,8 +148,10 @@ def inconsistent(message: str) -> PydanticCustomError:
 def _number(value: object) -> object:
     # JSON Schema's numbers are neither true/false nor text; pydantic's lax mode would take both.
     # Not strict=True: that refuses 5.0 for an integer, which JSON Schema counts as one.
-    if isinstance(value, (bool, str)):
-        raise ValueError("must be a number")
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    if isinstance(value, str):
+        raise ValueError("must be a number, not text")
     return value
 
 

@@ -98,6 +98,53 @@ def test_bad_report_gets_a_clear_error_and_changes_nothing(api, sidecar_token, o
     assert not Endpoint.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "detail"),
+    [
+        ({"cpu_percent": True}, "cpu_percent: must be a number, not true or false"),
+        ({"ram_used_bytes": "5"}, "ram_used_bytes: must be a number, not text"),
+        ({"host": "gpu 01"}, "host: host must not contain spaces"),
+        ({"ollama_url": "127.0.0.7:11434"}, "ollama_url: ollama_url must be a URL such as http://gpu-01:11434"),
+        ({"ollama_url": "http://127.0.0.7:11434/api"}, "ollama_url: host must not contain a path"),
+    ],
+)
+def test_a_report_the_openapi_description_refuses_is_invalid_input(api, sidecar_token, overrides, detail):
+    response = api.post(URL, report(**overrides), sidecar_token)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid_input"
+    assert response.json()["detail"].startswith(detail)
+    assert not ResourceSnapshot.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "detail"),
+    [
+        ({"ram_used_bytes": 65 * GIB}, "ram_used_bytes must not exceed ram_total_bytes"),
+        ({"vram_total_bytes": None}, "vram_used_bytes and vram_total_bytes are both set or both null"),
+        (
+            {"gpus": [{"index": 0, "memory_used_bytes": 9, "memory_total_bytes": 1}]},
+            "gpus.0: memory_used_bytes must not exceed memory_total_bytes",
+        ),
+        ({"hostname": "my box"}, "hostname names the machine when host and ollama_url are not given"),
+    ],
+)
+def test_a_well_formed_report_breaking_a_rule_between_fields_is_inconsistent(api, sidecar_token, overrides, detail):
+    # The OpenAPI description allows these bodies (no JSON schema can say "used <= total"), so a
+    # client can tell them from bodies it should never have sent.
+    response = api.post(URL, report(**overrides), sidecar_token)
+    assert response.status_code == 400, response.content
+    assert response.json() == {"error": "inconsistent_report", "detail": response.json()["detail"]}
+    assert response.json()["detail"].startswith(detail)
+    assert not ResourceSnapshot.objects.exists()
+
+
+def test_a_report_with_whole_floats_for_byte_counts_is_stored(api, sidecar_token, admin_token):
+    # JSON Schema counts 5.0 as an integer, so the hub does too.
+    response = api.post(URL, report(ram_used_bytes=float(20 * GIB), host="", ollama_url=""), sidecar_token)
+    assert response.status_code == 200, response.content
+    assert api.get("/api/v1/snapshot", admin_token).json()["resources"]["gpu-01.lan"]["ram_used_bytes"] == 20 * GIB
+
+
 def test_report_with_wrong_token_is_401(api, db):
     assert api.post(URL, report(), "nope").status_code == 401
     assert not ResourceSnapshot.objects.exists()

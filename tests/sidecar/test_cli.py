@@ -59,6 +59,14 @@ def test_an_unreadable_token_file_exits_2(tmp_path):
     assert "token file" in result.stderr
 
 
+def test_an_advertise_url_the_hub_would_refuse_exits_2_before_any_report():
+    # split_host takes a zone id, the report's published ollama_url pattern does not.
+    result = run_sidecar("--hub", "http://127.0.0.1:9", "--once", "--advertise-url", "http://[fe80::1%eth0]:11434")
+
+    assert result.returncode == 2
+    assert "ollama_url must be a URL" in result.stderr
+
+
 def test_a_refused_token_exits_3_with_a_message_about_the_token():
     with FakeHub(report_status=401) as hub:
         result = run_sidecar("--hub", hub.url, "--once", "--ollama-url", hub.url, token="wrong")

@@ -18,7 +18,8 @@ from tests.sidecar.fakes import free_port
 SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
 PACKAGE = SIDECAR / "agentcom_sidecar"
 # Import name -> distribution name, for the packages whose names differ.
-DISTRIBUTION_OF = {"pynvml": "nvidia-ml-py"}
+# pydantic_core comes with pydantic, which pins its exact version: declaring pydantic declares it.
+DISTRIBUTION_OF = {"pynvml": "nvidia-ml-py", "pydantic_core": "pydantic"}
 
 
 def imported_top_level_names() -> set[str]:

@@ -351,47 +351,77 @@ RECORD_ATTEMPTS = 3
 def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | None = None) -> list[int]:
     """Store probe results, writing only what changed; return the changed ids.
 
-    Results are written RECORD_BATCH at a time, each batch in its own short transaction, and
-    a batch that meets a busy database (another writer past the busy timeout) is tried again:
+    1. Compare before taking the write lock (readers never wait on SQLite in WAL mode).
+    2. The endpoints whose probe changed nothing (the steady state: nearly all) get their
+       last_checked_at in ONE short statement: few, brief write transactions per sweep.
+    3. The others are written RECORD_BATCH at a time, each batch in its own transaction.
+    A batch that meets a busy database (another writer past the busy timeout) is tried again:
     a probe run never fails as a whole because someone else was writing.
     """
     now = now or timezone.now()
+    by_id = {r.id: r for r in results}
+    differing, quiet = [], {}
+    for endpoint in _with_models(by_id):
+        kind, values = _planned_change(endpoint, by_id[endpoint.id])
+        if kind == "visible":
+            differing.append(endpoint.id)
+        elif kind == "quiet":
+            quiet[endpoint.id] = values
+    unchanged = [i for i in by_id if i not in set(differing)]
+    if unchanged:
+        _retrying(_mark_checked, unchanged, quiet, now)
     changed: list[int] = []
-    for start in range(0, len(results), RECORD_BATCH):
-        batch = results[start : start + RECORD_BATCH]
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
-            try:
-                changed += _record_batch(batch, now)
-                break
-            except OperationalError:
-                if attempt == RECORD_ATTEMPTS:
-                    raise
-                logger.warning("database busy recording %d probe results; trying again", len(batch))
-                time.sleep(0.5 * attempt)
+    for start in range(0, len(differing), RECORD_BATCH):
+        batch = {i: by_id[i] for i in differing[start : start + RECORD_BATCH]}
+        changed += _retrying(_record_batch, batch, now)
     return changed
 
 
-def _record_batch(results: list[ollama.ProbeResult], now: datetime) -> list[int]:
-    """1. One bulk statement sets last_checked_at for the whole batch.
-    2. Per endpoint, status/error/version/latency are written only when they changed, the
-       status by compare-and-set so that a transition is reported exactly once.
-    3. Model rows are synchronised only when the set of models or their details changed.
+def _retrying(write, *args):
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            return write(*args)
+        except OperationalError:
+            if attempt == RECORD_ATTEMPTS:
+                raise
+            logger.warning("database busy recording probe results; trying again")
+            time.sleep(0.5 * attempt)
+
+
+def _mark_checked(ids: list[int], quiet: dict[int, tuple[int | None, int]], now: datetime) -> None:
+    """Set last_checked_at of `ids` in one statement, and the latency and failure count that
+    moved without a visible change (`quiet`: id -> (latency_ms, consecutive_failures)) in one
+    executemany: under load latencies jump on many endpoints at once."""
+    with transaction.atomic():
+        Endpoint.objects.filter(id__in=ids).update(last_checked_at=now)
+        if quiet:
+            quote = connection.ops.quote_name
+            sql = "UPDATE {} SET {} = %s, {} = %s WHERE id = %s".format(
+                quote(Endpoint._meta.db_table), quote("latency_ms"), quote("consecutive_failures")
+            )
+            with connection.cursor() as cursor:
+                cursor.executemany(sql, [[latency, failures, i] for i, (latency, failures) in quiet.items()])
+        signals.endpoints_checked.send(sender=Endpoint, ids=ids, at=now)
+
+
+def _record_batch(by_id: dict[int, ollama.ProbeResult], now: datetime) -> list[int]:
+    """Write the probes that change something.
+
+    Status/error/version/latency are written only when they changed, the status by
+    compare-and-set so that a transition is reported exactly once; model rows are synchronised
+    only when the set of models or their details changed.
     """
-    by_id = {r.id: r for r in results}
-    # Compare before taking the write lock (readers never wait on SQLite in WAL mode): in the
-    # steady state nothing changed and the transaction below is one UPDATE, held for a moment.
-    differing = {e.id: by_id[e.id] for e in _with_models(by_id) if _would_change(e, by_id[e.id])}
     changed: list[int] = []
     with transaction.atomic():
         Endpoint.objects.filter(id__in=list(by_id)).update(last_checked_at=now)
         try:
             with transaction.atomic():
-                changed = [e.id for e in _with_models(differing) if _record_one(e, differing[e.id])]
+                changed = [e.id for e in _with_models(by_id) if _record_one(e, by_id[e.id])]
         except OperationalError:
             raise  # the database itself is busy: the caller tries the batch again
         except Exception:
             # One endpoint's odd reply must not lose the batch: redo it, one savepoint each.
-            changed = _record_each(differing)
+            changed = _record_each(by_id)
         if changed:
             signals.endpoints_changed.send(sender=Endpoint, ids=changed)
         signals.endpoints_checked.send(sender=Endpoint, ids=list(by_id), at=now)
@@ -404,10 +434,20 @@ def _with_models(by_id: dict[int, ollama.ProbeResult]):
     return Endpoint.objects.filter(id__in=list(by_id)).prefetch_related("models")
 
 
-def _would_change(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
-    """Whether recording `result` would write anything (read-only)."""
+def _planned_change(endpoint: Endpoint, result: ollama.ProbeResult) -> tuple[str, tuple | None]:
+    """What recording `result` would write (read-only): "none"; "quiet" with (latency_ms,
+    consecutive_failures) when only those moved; or "visible"."""
     status, fields = _probe_fields(endpoint, result)
-    return status != endpoint.status or bool(fields) or (result.ok and any(_model_plan(endpoint, result.models)))
+    if status != endpoint.status or set(fields) - {"latency_ms", "consecutive_failures"}:
+        return "visible", None
+    if result.ok and any(_model_plan(endpoint, result.models)):
+        return "visible", None
+    if not fields:
+        return "none", None
+    return "quiet", (
+        fields.get("latency_ms", endpoint.latency_ms),
+        fields.get("consecutive_failures", endpoint.consecutive_failures),
+    )
 
 
 def _record_each(by_id: dict[int, ollama.ProbeResult]) -> list[int]:

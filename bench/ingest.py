@@ -276,7 +276,9 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[50, 100, 200, 400, 500, 600, 800])
+    parser.add_argument(
+        "--rates", type=lambda s: [float(x) for x in s.split(",")], default=[50, 100, 200, 400, 500, 600, 800]
+    )
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--probe-interval", type=float, default=15)

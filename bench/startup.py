@@ -13,7 +13,6 @@ Prints a table and writes bench/results/startup.json:
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import signal
@@ -29,20 +28,10 @@ import psutil
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
+from agentcom_site.launcher import healthz_answers  # noqa: E402
 from agentcom_site.processes import free_port  # noqa: E402
 
 MIB = 1024 * 1024
-
-
-def healthz(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        connection.request("GET", "/healthz")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        connection.close()
 
 
 def start(folder: Path, port: int) -> subprocess.Popen:
@@ -64,7 +53,7 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60) -> float:
     while time.monotonic() - begin < timeout:
         if proc.poll() is not None:
             raise SystemExit(f"the launcher exited with code {proc.returncode}")
-        if healthz(port):
+        if healthz_answers("127.0.0.1", str(port)):
             return time.monotonic() - begin
         time.sleep(0.02)
     raise SystemExit("the hub did not answer /healthz")

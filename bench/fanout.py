@@ -34,6 +34,7 @@ def setup_django(folder: Path) -> None:
         AGENTCOM_RUN_DIR=str(folder),
         AGENTCOM_CHANNEL_PREFIX=f"bench-{os.getpid()}",
         PROBE_ON_REGISTER="false",
+        REGISTRY_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
         LOG_LEVEL="WARNING",
     )
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -215,7 +216,7 @@ def main() -> None:
     from registry import services
 
     for i in range(args.endpoints):
-        services.register_endpoint(f"10.9.{i // 250}.{i % 250 + 1}")
+        services.register_endpoint(f"127.9.{i // 250}.{i % 250 + 1}")
     cookie = session_cookie()
     port = free_port()
     daphne = start_daphne(port, folder)

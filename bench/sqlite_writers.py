@@ -31,6 +31,7 @@ def setup(folder: str, engine: str) -> None:
         DATABASE_URL=f"sqlite:///{folder}/db.sqlite3",
         AGENTCOM_RUN_DIR=folder,
         LOG_LEVEL="WARNING",
+        REGISTRY_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
     )
     import django
     from django.conf import settings
@@ -77,7 +78,7 @@ def measure(engine: str, seconds: float) -> dict:
     call_command("migrate", verbosity=0)
     host = Host.objects.create(name="h")
     Endpoint.objects.bulk_create(
-        [Endpoint(host=host, address=f"10.0.{i // 250}.{i % 250}", port=11434) for i in range(1000)]
+        [Endpoint(host=host, address=f"127.0.{i // 250}.{i % 250 + 1}", port=11434) for i in range(1000)]
     )
     connections.close_all()
     stop = mp.Event()

@@ -12,6 +12,8 @@ os.environ.setdefault("AGENTCOM_CELERY_QUEUE", os.environ["AGENTCOM_CHANNEL_PREF
 os.environ.setdefault("AGENTCOM_NAMESPACE", os.environ["AGENTCOM_CHANNEL_PREFIX"])
 os.environ.setdefault("PROBE_ON_REGISTER", "false")
 os.environ.setdefault("PROBE_TIMEOUT_SECONDS", "1")
+# Nothing a test registers may make a hub connect off this machine.
+os.environ.setdefault("REGISTRY_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
 # Every report leaves a history row in tests (tests of sampling set their own interval).
 os.environ.setdefault("RESOURCE_HISTORY_SECONDS", "0")
 

@@ -140,11 +140,11 @@ def test_page_resyncs_after_the_hub_restarts(stack, browser, operator_user):
 def test_a_host_whose_sidecar_goes_silent_shows_unknown_resources_without_a_reload(tmp_path, browser, operator_user):
     stack = LiveStack(tmp_path, components=("daphne",), STALE_AFTER_SECONDS="3").start()
     try:
-        endpoint, _ = in_thread(services.register_endpoint, "10.1.2.3")
+        endpoint, _ = in_thread(services.register_endpoint, "127.0.3.3")
         token = in_thread(services.create_token, "sidecar", "quiet")[1]
         report = {
             "hostname": "quiet",
-            "host": "10.1.2.3",
+            "host": "127.0.3.3",
             "cpu_percent": 55.0,
             "ram_used_bytes": GIB,
             "ram_total_bytes": 4 * GIB,

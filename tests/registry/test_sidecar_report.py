@@ -178,10 +178,10 @@ def test_a_report_never_moves_a_manual_endpoint_to_another_machine(api, sidecar_
 
 def test_an_auto_endpoint_follows_the_machine_its_reports_name(api, admin_token):
     # An admin token may report for any machine (a sidecar token only for its own).
-    api.post(URL, report(ollama_url="http://10.0.0.4:11434"), admin_token)
-    api.post(URL, report(host="gpu-04", ollama_url="http://10.0.0.4:11434"), admin_token)
+    api.post(URL, report(ollama_url="http://127.0.0.4:11434"), admin_token)
+    api.post(URL, report(host="gpu-04", ollama_url="http://127.0.0.4:11434"), admin_token)
     row = api.get("/api/v1/endpoints", admin_token).json()[0]
-    assert (row["host"], row["address"], row["source"]) == ("gpu-04", "10.0.0.4", "auto")
+    assert (row["host"], row["address"], row["source"]) == ("gpu-04", "127.0.0.4", "auto")
 
 
 def test_the_latest_values_are_the_last_report_while_history_is_sampled(api, sidecar_token, admin_token, settings):
@@ -216,19 +216,23 @@ def test_a_token_bound_at_creation_reports_only_for_its_host(api, db):
 
 
 def test_a_sidecar_may_advertise_only_an_ollama_on_its_own_machine(api, sidecar_token):
-    refused = api.post(URL, report(ollama_url="http://10.0.0.9:11434"), sidecar_token)
+    # The report comes from another machine (192.0.2.10) but names an Ollama on this one.
+    from_elsewhere = {"REMOTE_ADDR": "192.0.2.10", "HTTP_AUTHORIZATION": f"Bearer {sidecar_token}"}
+    body = report(ollama_url="http://127.0.0.9:11434")
+    refused = api.client.post(URL, body, content_type="application/json", **from_elsewhere)
     assert refused.status_code == 403 and refused.json()["error"] == "not_this_machine"
-    assert "10.0.0.9" in refused.json()["detail"]
+    assert "127.0.0.9" in refused.json()["detail"] and "192.0.2.10" in refused.json()["detail"]
     assert not Endpoint.objects.exists() and not Host.objects.exists()
     assert Token.objects.get(scope="sidecar").host == ""  # a refused report binds nothing
 
 
 def test_behind_a_trusted_proxy_the_forwarded_address_is_the_sidecars(api, sidecar_token, settings):
-    settings.REGISTRY_TRUSTED_PROXIES = "127.0.0.0/8"
-    body = report(ollama_url="http://10.0.0.9:11434")
-    forwarded = {"HTTP_X_FORWARDED_FOR": "203.0.113.5, 10.0.0.9", "HTTP_AUTHORIZATION": f"Bearer {sidecar_token}"}
+    settings.REGISTRY_TRUSTED_PROXIES = "192.0.2.0/24"
+    body = report(ollama_url="http://127.0.0.9:11434")
+    proxy = {"REMOTE_ADDR": "192.0.2.10", "HTTP_AUTHORIZATION": f"Bearer {sidecar_token}"}
+    forwarded = {**proxy, "HTTP_X_FORWARDED_FOR": "203.0.113.5, 127.0.0.9"}
     assert api.client.post(URL, body, content_type="application/json", **forwarded).status_code == 200
-    spoofed = {"HTTP_X_FORWARDED_FOR": "10.0.0.9, 203.0.113.5", "HTTP_AUTHORIZATION": f"Bearer {sidecar_token}"}
+    spoofed = {**proxy, "HTTP_X_FORWARDED_FOR": "127.0.0.9, 203.0.113.5"}
     assert api.client.post(URL, body, content_type="application/json", **spoofed).status_code == 403
     settings.REGISTRY_TRUSTED_PROXIES = ""
     assert api.client.post(URL, body, content_type="application/json", **forwarded).status_code == 403

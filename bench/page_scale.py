@@ -33,15 +33,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
 from bench.hubstack import GIB, Hub, percentile, session_cookie, setup_django  # noqa: E402
+from devtools.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MODELS = [
     ("llama3:8b", "8.0B", 4_661_224_676),
     ("mistral:7b", "7.2B", 4_113_301_824),

@@ -210,13 +210,12 @@ async def _socket_report(frame: str | bytes, token: services.TokenInfo, peer: st
         if not isinstance(data, dict) or not isinstance(data.get("report"), dict):
             raise services.RegistryError("invalid_frame", 'a frame is {"seq": <number>, "report": {...}}.')
         seq = data.get("seq")
-        report = services.parse_report(data["report"])
-        try:
-            services.check_report(report, token, peer, resolve=False)
+        try:  # no DNS lookup on the event loop: a name not resolved yet is checked in a thread
+            report = services.parse_report(data["report"], token, peer, resolve=False)
         except services.RegistryError as exc:
             if exc.code != "lookup_needed":
                 raise
-            await sync_to_async(services.check_report, thread_sensitive=False)(report, token, peer)
+            report = await sync_to_async(services.parse_report, thread_sensitive=False)(data["report"], token, peer)
         if token.scope == Token.Scope.SIDECAR and not token.host:
             token = await sync_to_async(_bind, thread_sensitive=False)(token, report.host)
             services.check_report(report, token, peer, resolve=False)

@@ -566,13 +566,15 @@ def _model_plan(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> tuple
 # --- sidecar reports -------------------------------------------------------------------
 
 
-def parse_report(data: object) -> SidecarReport:
-    """Validate a report body and refuse an Ollama URL the hub would not probe."""
+def parse_report(
+    data: object, token: TokenInfo | None = None, peer: str | None = None, *, resolve: bool = True
+) -> SidecarReport:
+    """Validate a report body, then `check_report` it (for `token`, sent from `peer`)."""
     try:
         report = SidecarReport.model_validate(data)
     except ValidationError as exc:
         raise RegistryError("invalid_report", validation_message(exc)) from None
-    check_report(report)
+    check_report(report, token, peer, resolve=resolve)
     return report
 
 

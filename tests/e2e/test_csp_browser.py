@@ -5,21 +5,15 @@ Chromium reports every blocked script, style, image or connection on the console
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 from django.contrib.auth.models import User
 
+from devtools.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import PASSWORD
+from tests.e2e.conftest import require_chromium
 from tests.live import LiveStack, in_thread
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("Chromium is required in CI: apt-get install -y chromium")
-    pytest.skip("Chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+require_chromium()
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.e2e, pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -36,7 +30,7 @@ def test_every_page_works_with_no_policy_violation(hub):
     in_thread(User.objects.create_superuser, "root", "", PASSWORD)
     expect = sync_api.expect
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page()
         reports: list[str] = []
         # Violations are console errors that name the policy; script errors count too. (A missing

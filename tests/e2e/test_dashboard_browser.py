@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import httpx
@@ -12,16 +10,11 @@ import pytest
 
 from registry import services
 from tests.conftest import PASSWORD
+from tests.e2e.conftest import require_chromium
 from tests.live import LiveStack, in_thread
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
-
-if not Path(CHROMIUM).exists():
-    # CI installs Chromium (.ci/run); elsewhere the browser tests say why they did not run.
-    if os.environ.get("CI"):
-        raise RuntimeError("Chromium is required in CI: apt-get install -y chromium")
-    pytest.skip("Chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+require_chromium()
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.e2e, pytest.mark.live, pytest.mark.django_db(transaction=True)]

@@ -36,7 +36,7 @@ _ENDPOINT_COLUMNS = (
 _MODEL_COLUMNS = ("endpoint_id", "name", *EndpointModel.DETAIL_FIELDS)
 
 # An endpoint's model list, by (id, revision, registered_at). Every change to an endpoint's
-# models bumps its revision in the same transaction (services._record_one), so a key never
+# models bumps its revision in the same transaction (services.probing._record_one), so a key never
 # names two different lists; registered_at tells apart two endpoints that reused an id
 # (SQLite hands out ids again after a rollback). The model rows are 10 of every 11 rows a
 # snapshot reads: cached, a snapshot of 1,000 endpoints reads 1,000 rows, not 11,000.

@@ -1,0 +1,354 @@
+"""Sidecar reports: checking them and recording a host's resources."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from functools import lru_cache
+from types import SimpleNamespace
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+from pydantic import ValidationError
+
+from registry import signals
+from registry.models import Endpoint, Host, ResourceSnapshot, Token
+from registry.schemas import SidecarReport
+from registry.services.common import RegistryError, _networks, validation_message
+from registry.services.endpoints import _advertised, _allowed_spec, _remember
+from registry.services.probing import _probe_soon
+from registry.services.tokens import TokenInfo, note_token_use
+from registry.status import is_stale
+
+logger = logging.getLogger(__name__)
+
+
+def parse_report(
+    data: object, token: TokenInfo | None = None, peer: str | None = None, *, resolve: bool = True
+) -> SidecarReport:
+    """Validate a report body, then `check_report` it (for `token`, sent from `peer`)."""
+    try:
+        report = SidecarReport.model_validate(data)
+    except ValidationError as exc:
+        raise RegistryError("invalid_report", validation_message(exc)) from None
+    check_report(report, token, peer, resolve=resolve)
+    return report
+
+
+def check_report(
+    report: SidecarReport, token: TokenInfo | None = None, peer: str | None = None, *, resolve: bool = True
+) -> None:
+    """Refuse (before anything is stored) a report the hub must not take.
+
+    Any token: the advertised Ollama must be inside REGISTRY_ALLOWED_NETWORKS. A sidecar token
+    also reports only for the host it is bound to, and advertises only an Ollama on the machine
+    the report comes from (`peer`, the client address as the hub sees it): otherwise a sidecar
+    token could make the hub probe any port anywhere, or overwrite another host.
+    """
+    target = report.ollama_host_port()
+    if target is not None:
+        _check_advertised(*target, settings.REGISTRY_ALLOWED_NETWORKS)
+    if token is None or token.scope != Token.Scope.SIDECAR:
+        return
+    if token.host and token.host != report.host:
+        raise RegistryError(
+            "wrong_host",
+            f"this sidecar token reports for host {token.host!r} only, not {report.host!r}.",
+            status_code=403,
+        )
+    if target is None:
+        return
+    here = same_machine(target[0], peer, resolve=resolve)
+    if here is None:
+        raise RegistryError("lookup_needed", f"{target[0]} must be resolved first.")
+    if not here:
+        raise RegistryError(
+            "not_this_machine",
+            f"ollama_url {report.ollama_url} is not on the machine sending the report ({peer or 'unknown'}); "
+            "a sidecar may only advertise its own Ollama.",
+            status_code=403,
+        )
+
+
+def same_machine(address: str, peer: str | None, *, resolve: bool) -> bool | None:
+    """Whether `address` (an IP or a name) is the machine at `peer`; None when a name would need
+    resolving and `resolve` is false. Every loopback address is this hub's own machine."""
+    try:
+        peer_ip = _plain_ip(ipaddress.ip_address(peer or ""))
+    except ValueError:
+        return False
+    try:
+        candidates = [_plain_ip(ipaddress.ip_address(address))]
+    except ValueError:
+        cached = _resolved_cache.get(address)
+        if cached is not None and cached[0] >= time.monotonic():
+            candidates = cached[1]
+        elif resolve:
+            candidates = _resolved(address)
+        else:
+            return None
+    return any(ip == peer_ip or (ip.is_loopback and peer_ip.is_loopback) for ip in candidates)
+
+
+def _plain_ip(ip):
+    return ip.ipv4_mapped or ip if ip.version == 6 else ip
+
+
+_resolved_cache: dict[str, tuple[float, list]] = {}
+
+
+def _resolved(name: str) -> list:
+    """The addresses `name` resolves to (cached 60 s; reports from one host repeat every few seconds)."""
+    cached = _resolved_cache.get(name)
+    if cached and cached[0] >= time.monotonic():
+        return cached[1]
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        found = [_plain_ip(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos]
+    except (OSError, ValueError):
+        found = []
+    if len(_resolved_cache) > 10_000:
+        _resolved_cache.clear()
+    _resolved_cache[name] = (time.monotonic() + 60, found)
+    return found
+
+
+def client_address(peer: str | None, forwarded_for: str | None) -> str | None:
+    """The reporting machine's address: the TCP peer, or, when the peer is a trusted proxy
+    (REGISTRY_TRUSTED_PROXIES), the last address in X-Forwarded-For that is not one."""
+    trusted = trusted_proxies()
+    if not peer or not trusted or not forwarded_for or not _in(peer, trusted):
+        return peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if not _in(hop, trusted):
+            return hop
+    return peer
+
+
+def _in(address: str, networks) -> bool:
+    try:
+        ip = _plain_ip(ipaddress.ip_address(address))
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+def trusted_proxies():
+    return _networks(settings.REGISTRY_TRUSTED_PROXIES) if settings.REGISTRY_TRUSTED_PROXIES else ()
+
+
+@lru_cache(maxsize=4096)  # every report of a host names the same Ollama
+def _check_advertised(address: str, port: int, networks: str) -> None:
+    _allowed_spec(address, port, "")
+
+
+def record_report(report: SidecarReport, *, now: datetime | None = None) -> int | None:
+    """Store one sidecar report; return the id of its Ollama endpoint (None without one)."""
+    return record_reports([report], now=now)[0]
+
+
+def record_reports(
+    reports: Sequence[SidecarReport], *, token_ids: Iterable[int] = (), now: datetime | None = None
+) -> list[int | None]:
+    """Store a batch of checked reports in one transaction; return each one's endpoint id.
+
+    1. Per host the last report of the batch wins; its values become the host's latest, exactly.
+    2. A history row is written at most once per RESOURCE_HISTORY_SECONDS per host.
+    3. Dashboards are told only about hosts whose shown values changed (rounded as the page
+       shows them), plus a heartbeat every STALE_AFTER_SECONDS / 3 so no page thinks it stale.
+    4. An advertised Ollama is registered (source auto) when it is not yet known.
+    """
+    now = now or timezone.now()
+    latest: dict[str, SidecarReport] = {}
+    for report in reports:
+        latest.pop(report.host, None)  # keep arrival order: re-insert at the end
+        latest[report.host] = report
+    with transaction.atomic():
+        hosts = _hosts_named(latest)
+        announced, history = [], []
+        for name, report in latest.items():
+            host = hosts[name]
+            if _worth_announcing(host, report, now):
+                host.announced_at = now
+                announced.append(name)
+            _apply_report(host, report, now)
+            if host.history_at is None or (now - host.history_at).total_seconds() >= settings.RESOURCE_HISTORY_SECONDS:
+                host.history_at = now
+                history.append(_history_row(host, now))
+        _update_hosts(hosts[name] for name in latest)
+        if history:
+            ResourceSnapshot.objects.bulk_create(history)
+        endpoint_ids = _register_advertised(latest, hosts)
+        for token_id in token_ids:
+            note_token_use(token_id, now=now)
+        if announced:
+            signals.resources_changed.send(sender=Host, hosts=announced)
+    return [endpoint_ids.get(report.host) for report in reports]
+
+
+_HOST_REPORT_FIELDS = ["hostname", "last_report_at", *Host.RESOURCE_FIELDS, "announced_at", "history_at"]
+
+
+_HOST_DATETIMES = ("last_report_at", "announced_at", "history_at")
+
+
+class _HostState(SimpleNamespace):
+    """A host's report columns as plain values (no model instance: this runs per report)."""
+
+
+def _update_hosts(hosts: Iterable[_HostState]) -> None:
+    """One UPDATE statement run for many rows (Django's bulk_update builds CASE expressions
+    that cost ~8 ms of CPU per row; executemany costs a few microseconds)."""
+    quote, ops = connection.ops.quote_name, connection.ops
+    columns = [Host._meta.get_field(name).column for name in _HOST_REPORT_FIELDS]
+    sql = "UPDATE {} SET {} WHERE id = %s".format(
+        quote(Host._meta.db_table), ", ".join(f"{quote(c)} = %s" for c in columns)
+    )
+
+    def value(host: _HostState, name: str):
+        raw = getattr(host, name)
+        if name in _HOST_DATETIMES:
+            return ops.adapt_datetimefield_value(raw)
+        return ops.adapt_json_value(raw, None) if name == "gpus" else raw
+
+    rows = [[value(h, name) for name in _HOST_REPORT_FIELDS] + [h.id] for h in hosts]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def _hosts_named(reports: dict[str, SidecarReport]) -> dict[str, _HostState]:
+    def read(names) -> dict[str, _HostState]:
+        rows = Host.objects.filter(name__in=list(names)).values("id", "name", *_HOST_REPORT_FIELDS)
+        return {row["name"]: _HostState(**row) for row in rows}
+
+    hosts = read(reports)
+    missing = [name for name in reports if name not in hosts]
+    if missing:
+        Host.objects.bulk_create([Host(name=name) for name in missing], ignore_conflicts=True)
+        hosts.update(read(missing))
+    return hosts
+
+
+def _percent(used: int | None, total: int | None) -> int | None:
+    return None if used is None or not total else round(100 * used / total)
+
+
+def _shown(host: _HostState | SidecarReport, gpus: list[dict]) -> tuple:
+    """What the page shows of a host's resources: whole percents, totals, GPU names."""
+    return (
+        host.hostname,
+        None if host.cpu_percent is None else round(host.cpu_percent),
+        _percent(host.ram_used_bytes, host.ram_total_bytes),
+        host.ram_total_bytes,
+        _percent(host.vram_used_bytes, host.vram_total_bytes),
+        host.vram_total_bytes,
+        tuple(
+            (
+                g.get("index"),
+                g.get("name"),
+                _percent(g.get("memory_used_bytes"), g.get("memory_total_bytes")),
+                g.get("memory_total_bytes"),
+                None if g.get("utilization_percent") is None else round(g["utilization_percent"]),
+            )
+            for g in gpus
+        ),
+    )
+
+
+def _worth_announcing(host: _HostState, report: SidecarReport, now: datetime) -> bool:
+    if host.last_report_at is None or host.announced_at is None:
+        return True
+    if is_stale(host.last_report_at, now, settings.STALE_AFTER_SECONDS):
+        return True  # back from silence
+    if (now - host.announced_at).total_seconds() >= settings.STALE_AFTER_SECONDS / 3:
+        return True  # heartbeat: pages judge staleness from reported_at
+    return _shown(host, host.gpus or []) != _shown(report, [g.model_dump() for g in report.gpus])
+
+
+def _apply_report(host: _HostState, report: SidecarReport, now: datetime) -> None:
+    host.hostname = report.hostname
+    host.last_report_at = now
+    host.cpu_percent = report.cpu_percent
+    host.ram_used_bytes = report.ram_used_bytes
+    host.ram_total_bytes = report.ram_total_bytes
+    host.vram_used_bytes = report.vram_used_bytes
+    host.vram_total_bytes = report.vram_total_bytes
+    host.gpus = [g.model_dump() for g in report.gpus]
+
+
+def _history_row(host: _HostState, now: datetime) -> ResourceSnapshot:
+    return ResourceSnapshot(
+        host_id=host.id,
+        cpu_percent=host.cpu_percent,
+        ram_used_bytes=host.ram_used_bytes,
+        ram_total_bytes=host.ram_total_bytes,
+        vram_used_bytes=host.vram_used_bytes,
+        vram_total_bytes=host.vram_total_bytes,
+        gpus=host.gpus,
+        reported_at=now,
+    )
+
+
+def _register_advertised(reports: dict[str, SidecarReport], hosts: dict[str, _HostState]) -> dict[str, int]:
+    """Register (source auto, in bulk) the Ollama each report advertises; return host -> endpoint id.
+
+    An auto endpoint follows the machine its sidecar names; a manual one is never moved.
+    """
+    targets = {name: r.ollama_host_port() for name, r in reports.items() if r.ollama_url}
+    settled: dict[str, int] = {}
+    now = time.monotonic()
+    for name, target in list(targets.items()):
+        cached = _advertised.get((*target, hosts[name].id))
+        if cached is not None and cached[1] > now:
+            settled[name] = cached[0]
+            del targets[name]
+    if not targets:
+        return settled
+
+    def known() -> dict[tuple[str, int], tuple[int, int, str]]:
+        rows = Endpoint.objects.filter(address__in={address for address, _ in targets.values()})
+        return {
+            (a, p): (i, h, src) for i, a, p, h, src in rows.values_list("id", "address", "port", "host_id", "source")
+        }
+
+    found = known()
+    new = [(name, address, port) for name, (address, port) in targets.items() if (address, port) not in found]
+    if new:
+        Endpoint.objects.bulk_create(
+            [Endpoint(host_id=hosts[n].id, address=a, port=p, source=Endpoint.Source.AUTO) for n, a, p in new],
+            ignore_conflicts=True,  # a concurrent registration of the same address won the race
+        )
+        found = known()
+    created = [found[(a, p)][0] for _, a, p in new if (a, p) in found]
+    moved = [
+        found[target][0]
+        for name, target in targets.items()
+        if target in found and found[target][1] != hosts[name].id and found[target][2] == Endpoint.Source.AUTO
+    ]
+    for endpoint_id in moved:
+        host_id = next(hosts[n].id for n, t in targets.items() if found[t][0] == endpoint_id)
+        Endpoint.objects.filter(id=endpoint_id).update(host_id=host_id, revision=F("revision") + 1)
+    if created or moved:
+        signals.endpoints_changed.send(sender=Endpoint, ids=created + moved)
+    if created:
+        transaction.on_commit(lambda: _probe_soon(created))
+    for name, target in targets.items():
+        if target in found:
+            settled[name] = found[target][0]
+            # Known and on its machine (or manual): the next reports skip this lookup a while.
+            transaction.on_commit(lambda key=(*target, hosts[name].id), i=settled[name]: _remember(key, i))
+    return settled
+
+
+def prune_snapshots(*, now: datetime | None = None) -> int:
+    """Delete resource history older than the retention window (hosts keep their latest values)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.RESOURCE_RETENTION_HOURS)
+    deleted, _ = ResourceSnapshot.objects.filter(reported_at__lt=cutoff).delete()
+    return deleted

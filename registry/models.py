@@ -187,3 +187,43 @@ class Token(models.Model):
     @staticmethod
     def hash(raw: str) -> str:
         return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class Event(models.Model):
+    """Something that happened in the fleet, kept for the timeline, uptime and alerts.
+
+    Events name their endpoint by id and by label (the endpoint may be removed later; its
+    events stay) and their machine by host name. `detail` holds what the kind needs, e.g.
+    {"from": "healthy", "to": "unhealthy", "reason": "connection refused"} for a status change,
+    {"model": "llama3:latest"} for a model event, {"by": "admin token 'ci'"} for registration.
+    """
+
+    class Kind(models.TextChoices):
+        STATUS = "status", "status changed"
+        MODEL_ADDED = "model_added", "model added"
+        MODEL_REMOVED = "model_removed", "model removed"
+        MODEL_LOADED = "model_loaded", "model loaded"
+        MODEL_UNLOADED = "model_unloaded", "model unloaded"
+        REGISTERED = "registered", "endpoint registered"
+        REMOVED = "removed", "endpoint removed"
+        HOST_SILENT = "host_silent", "sidecar went silent"
+        HOST_BACK = "host_back", "sidecar reporting again"
+
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    endpoint_id = models.BigIntegerField(null=True, blank=True)  # not a foreign key: outlives the endpoint
+    endpoint_label = models.CharField(max_length=260, blank=True)
+    host = models.CharField(max_length=253, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["endpoint_id", "at"]),
+            models.Index(fields=["host", "at"]),
+            models.Index(fields=["kind", "at"]),
+            models.Index(fields=["at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind} {self.endpoint_label or self.host}"

@@ -16,3 +16,5 @@ endpoints_removed = Signal()
 endpoints_checked = Signal()
 # hosts: list[str] of host names whose latest resources changed.
 resources_changed = Signal()
+# events: list[registry.models.Event] just recorded (saved, with ids): the timeline, alerts.
+events_recorded = Signal()

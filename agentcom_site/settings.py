@@ -222,7 +222,10 @@ CELERY_TIMEZONE = "UTC"
 # The registry's own knobs (units in the names).
 PROBE_INTERVAL_SECONDS = env_float("PROBE_INTERVAL_SECONDS", 15.0, minimum=1.0)
 PROBE_TIMEOUT_SECONDS = env_float("PROBE_TIMEOUT_SECONDS", 5.0, minimum=0.1)
-PROBE_CHUNK_SIZE = env_int("PROBE_CHUNK_SIZE", 250, minimum=1)
+PROBE_CHUNK_SIZE = env_int("PROBE_CHUNK_SIZE", 100, minimum=1)
+# A sweep's chunks start evenly across this share of the interval (0: all at once): a steady
+# trickle of probes instead of one burst that takes the CPU from the report path.
+PROBE_SPREAD_FRACTION = min(env_float("PROBE_SPREAD_FRACTION", 0.5, minimum=0.0), 0.9)
 PROBE_ON_REGISTER = env_bool("PROBE_ON_REGISTER", True)
 UNHEALTHY_AFTER_FAILURES = env_int("UNHEALTHY_AFTER_FAILURES", 2, minimum=1)
 STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)

@@ -14,15 +14,15 @@ logger = logging.getLogger(__name__)
 
 @shared_task(ignore_result=True)
 def probe_sweep() -> int:
-    """Queue one probe task per chunk of the fleet; return the chunk count.
+    """Queue one probe task per chunk of the fleet, spread over the interval; return the chunk count.
 
     Chunks let several workers (on several machines) share one sweep; each chunk task
     leases its endpoints, so two sweeps never probe the same endpoint at once.
     """
-    chunks = services.sweep_chunks()
-    for chunk in chunks:
-        probe_endpoints.apply_async(args=[chunk], expires=settings.PROBE_INTERVAL_SECONDS)
-    return len(chunks)
+    plan = services.sweep_plan()
+    for delay, chunk in plan:
+        probe_endpoints.apply_async(args=[chunk], countdown=delay, expires=delay + settings.PROBE_INTERVAL_SECONDS)
+    return len(plan)
 
 
 @shared_task(ignore_result=True)

@@ -33,6 +33,7 @@ from registry.services.probing import (
     record_probe_results,
     release_claim,
     sweep_chunks,
+    sweep_plan,
 )
 from registry.services.reading import (
     MAX_PAGE,
@@ -124,6 +125,7 @@ __all__ = [
     "snapshot_in_order",
     "snapshot_rest",
     "sweep_chunks",
+    "sweep_plan",
     "token_cache_fresh",
     "trusted_proxies",
     "update_endpoint",

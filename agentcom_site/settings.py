@@ -260,8 +260,10 @@ if ALERT_WEBHOOK_URL:
         raise ImproperlyConfigured(
             "ALERT_WEBHOOK_URL needs ALERT_WEBHOOK_SECRET: receivers check the signature with it"
         )
-# Transitions within this many seconds of the first go out as one message (per host and kind).
-ALERT_GROUP_SECONDS = env_float("ALERT_GROUP_SECONDS", 10.0)
+# Transitions within this many seconds of the first go out as one message (per host and kind). The
+# endpoints of a host that dies fail in the same sweep, within a second or two of each other; short
+# enough that a message leaves within 5 s of the transition.
+ALERT_GROUP_SECONDS = env_float("ALERT_GROUP_SECONDS", 3.0)
 # An endpoint with this many status changes within the window is reported once as flapping,
 # then kept quiet until it has not changed for the window.
 ALERT_FLAP_TRANSITIONS = env_int("ALERT_FLAP_TRANSITIONS", 4, minimum=2)

@@ -272,6 +272,8 @@ ALERT_FLAP_WINDOW_SECONDS = env_float("ALERT_FLAP_WINDOW_SECONDS", 600.0, minimu
 ALERT_TIMEOUT_SECONDS = env_float("ALERT_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Tries per alert and target (retries back off exponentially, at most 5 minutes apart).
 ALERT_MAX_ATTEMPTS = env_int("ALERT_MAX_ATTEMPTS", 8, minimum=1)
+# Sent alerts (and their delivery records, shown in Django admin) are kept this long.
+ALERT_RETENTION_DAYS = env_float("ALERT_RETENTION_DAYS", 30.0, minimum=0.01)
 
 LOGGING = {
     "version": 1,
@@ -294,9 +296,9 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": PROBE_INTERVAL_SECONDS},
     },
     # Picks up alert events whose processing task was lost (broker away) and flapping endpoints
-    # that have become stable.
+    # that have become stable; prunes old alerts.
     "alert-sweep": {
-        "task": "registry.tasks.process_alerts",
+        "task": "registry.tasks.alert_sweep",
         "schedule": 60.0,
         "options": {"expires": 60.0},
     },

@@ -312,7 +312,7 @@ class AlertPending(models.Model):
 
 
 class AlertEndpointState(models.Model):
-    """What alerting remembers of an endpoint: whether it was reported as flapping."""
+    """An endpoint reported as flapping (kept quiet until stable; the row goes when it is)."""
 
     endpoint_id = models.BigIntegerField(unique=True)
     flapping_since = models.DateTimeField(null=True, blank=True)

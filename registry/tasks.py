@@ -45,13 +45,23 @@ def prune_history() -> int:
 
 
 @shared_task(ignore_result=True)
-def process_alerts() -> int:
+def process_alerts(older_than_seconds: float = 0.0) -> int:
     """Turn pending status events into grouped alerts and queue their deliveries."""
     try:
-        return len(services.process_alerts())
+        return len(services.process_alerts(older_than_seconds=older_than_seconds))
     except Exception:  # a task boundary: the events stay pending; the alert sweep tries again
         logger.exception("alert processing failed")
         return 0
+
+
+@shared_task(ignore_result=True)
+def alert_sweep() -> int:
+    """Process events whose own task was lost (and flapping endpoints now stable); prune old alerts."""
+    processed = process_alerts(older_than_seconds=settings.ALERT_GROUP_SECONDS)
+    pruned = services.prune_alerts()
+    if pruned:
+        logger.info("pruned %d alerts", pruned)
+    return processed
 
 
 @shared_task(

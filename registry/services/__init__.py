@@ -17,6 +17,7 @@ from registry.services.alerts import (
     enabled_targets,
     note_alert_events,
     process_alerts,
+    prune_alerts,
     save_alert_target,
     send_test_alert,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "enabled_targets",
     "note_alert_events",
     "process_alerts",
+    "prune_alerts",
     "save_alert_target",
     "send_test_alert",
     "EXPIRES_AT_SLACK_SECONDS",

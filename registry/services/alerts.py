@@ -165,21 +165,28 @@ def _queue_delivery(delivery_id: int) -> None:
 # --- processing ------------------------------------------------------------------------
 
 
-def process_alerts(*, now: datetime | None = None) -> list[int]:
-    """Turn pending events into alerts with one delivery per target; return the new alert ids."""
+def process_alerts(*, now: datetime | None = None, older_than_seconds: float = 0.0) -> list[int]:
+    """Turn pending events into alerts with one delivery per target; return the new alert ids.
+
+    `older_than_seconds` leaves younger events to the task their own commit queued (the
+    periodic sweep passes the grouping window, so it never cuts a group short).
+    """
     now = now or timezone.now()
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_ID])
-        pending = list(Event.objects.filter(id__in=AlertPending.objects.values("event_id")).order_by("at", "id"))
-        states = {s.endpoint_id: s for s in AlertEndpointState.objects.filter(flapping_since__isnull=False)}
+        pending = Event.objects.filter(id__in=AlertPending.objects.values("event_id")).order_by("at", "id")
+        if older_than_seconds:
+            pending = pending.filter(at__lte=now - timedelta(seconds=older_than_seconds))
+        pending = list(pending)
+        states = {s.endpoint_id: s for s in AlertEndpointState.objects.all()}
         groups = _flapping(pending, states, now)
         groups += _stable_again(states, now)
         alerts = _create_alerts(groups, now)
         AlertPending.objects.filter(event_id__in=[e.id for e in pending]).delete()
         deliveries = _create_deliveries(alerts) if alerts else []
-        next_check = min((s.last_flip_at for s in states.values() if s.flapping_since), default=None)
+        next_check = min((s.last_flip_at for s in states.values() if s.last_flip_at), default=None)
         transaction.on_commit(lambda: [_queue_delivery(d) for d in deliveries])
     if next_check is not None:  # look again when the quietest flapping endpoint may count as stable
         wait = (next_check - now).total_seconds() + settings.ALERT_FLAP_WINDOW_SECONDS + 0.5
@@ -258,8 +265,7 @@ def _stable_again(states: dict[int, AlertEndpointState], now: datetime) -> list[
         status = Endpoint.objects.filter(id=endpoint_id).values_list("status", flat=True).first() or "removed"
         label, host = (_label(last), last.host) if last else (f"endpoint {endpoint_id}", "")
         groups.append(("stable", host, [Item(endpoint_id, label, host, status=status)]))
-        state.flapping_since = None
-        state.save(update_fields=["flapping_since"])
+        state.delete()  # only flapping endpoints keep a row
         del states[endpoint_id]
     return groups
 
@@ -299,6 +305,12 @@ def _create_deliveries(alerts: list[Alert], targets: list[Target] | None = None)
     return list(
         AlertDelivery.objects.filter(alert__in=alerts, status=AlertDelivery.Status.PENDING).values_list("id", flat=True)
     )
+
+
+def prune_alerts(*, now: datetime | None = None) -> int:
+    """Delete alerts (and their deliveries) older than ALERT_RETENTION_DAYS; return how many."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.ALERT_RETENTION_DAYS)
+    return Alert.objects.filter(at__lt=cutoff).delete()[1].get("registry.Alert", 0)
 
 
 def send_test_alert(target_ids: Iterable[int]) -> int:

@@ -159,3 +159,24 @@ def test_a_disabled_target_gets_nothing_but_another_does(receivers, hook):
     flip(endpoint(), "healthy", "unhealthy")
     process_and_send()
     assert len(hook.requests) == 1 and off.requests == []
+
+
+def test_the_periodic_sweep_leaves_a_group_still_forming_to_its_own_task(hook, settings):
+    settings.ALERT_GROUP_SECONDS = 3
+    now = timezone.now()
+    flip(endpoint(port=11434), "healthy", "unhealthy", at=now - timedelta(seconds=60))  # its task was lost
+    flip(endpoint(port=11435), "healthy", "unhealthy", at=now - timedelta(seconds=1))  # still grouping
+    services.process_alerts(now=now, older_than_seconds=settings.ALERT_GROUP_SECONDS)
+    assert [a.endpoints[0]["label"] for a in Alert.objects.all()] == ["127.0.0.5:11434"]
+    assert AlertPending.objects.count() == 1
+    services.process_alerts(now=now + timedelta(seconds=3))
+    assert Alert.objects.count() == 2 and not AlertPending.objects.exists()
+
+
+def test_alerts_older_than_the_retention_are_pruned_with_their_deliveries(hook, settings):
+    settings.ALERT_RETENTION_DAYS = 30
+    flip(endpoint(), "healthy", "unhealthy")
+    process_and_send()
+    assert services.prune_alerts(now=timezone.now() + timedelta(days=29)) == 0
+    assert services.prune_alerts(now=timezone.now() + timedelta(days=31)) == 1
+    assert not Alert.objects.exists() and not AlertDelivery.objects.exists()

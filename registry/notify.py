@@ -51,15 +51,17 @@ def send_webhook(url: str, secret: str, payload: dict, *, timeout: float) -> Non
         SIGNATURE_HEADER: sign(secret, timestamp, body),
     }
     try:
-        # Whole-request deadline: a target that trickles bytes cannot hold the worker longer.
+        # Connect, send and the answer's status line each within `timeout`; the answer's body is
+        # never read, so a target cannot hold the worker by trickling one.
         with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            reply = client.post(url, content=body, headers=headers)
+            with client.stream("POST", url, content=body, headers=headers) as reply:
+                status = reply.status_code
     except httpx.TimeoutException:
         raise SendError(f"timed out after {timeout:g} s") from None
     except httpx.HTTPError as exc:
         raise SendError(_short(f"{exc.__class__.__name__}: {exc}")) from None
-    if not 200 <= reply.status_code < 300:
-        raise SendError(f"HTTP {reply.status_code}")
+    if not 200 <= status < 300:
+        raise SendError(f"HTTP {status}")
 
 
 def with_timeouts(url: str, timeout: float) -> str:
@@ -77,8 +79,8 @@ def send_apprise(url: str, title: str, body: str, *, timeout: float) -> None:
 
     notifier = apprise.Apprise()
     if not notifier.add(with_timeouts(url, timeout)):
-        raise SendError("not an Apprise URL Apprise understands")
-    with apprise.LogCapture(level=apprise.logging.WARNING) as log:
+        raise SendError("Apprise does not understand this URL, or its service needs a package the hub lacks")
+    with apprise.LogCapture(level=apprise.logging.WARNING, fmt="%(message)s") as log:
         ok = notifier.notify(title=title, body=body)
         if not ok:
             lines = [line for line in log.getvalue().splitlines() if line.strip()]

@@ -110,7 +110,11 @@ def check_alert_target(kind: str, url: str, secret: str) -> None:
     import apprise
 
     if not apprise.Apprise().add(url):
-        raise RegistryError("invalid_url", "Apprise does not understand this URL (see its list of services).")
+        raise RegistryError(
+            "invalid_url",
+            "Apprise does not understand this URL (see its list of services), or the service needs a "
+            "Python package the hub does not install.",
+        )
 
 
 def save_alert_target(target: AlertTarget) -> AlertTarget:

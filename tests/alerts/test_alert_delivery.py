@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,16 @@ def test_alert_urls_split_on_spaces_and_commas_but_keep_commas_inside_a_url(monk
     monkeypatch.setenv("ALERT_URLS", "ntfy://alerts hooks.example")
     with pytest.raises(Exception, match="ALERT_URLS takes URLs"):
         env_url_list("ALERT_URLS")
+
+
+def test_the_readme_verification_example_accepts_a_real_webhook_and_refuses_a_forged_one(receivers):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("refuse old timestamps (replays):\n\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(example, namespace)  # noqa: S102  (our own README)
+    receiver = receivers()
+    services.deliver(one_delivery(receiver.url).id)
+    [got] = receiver.requests
+    args = (got.headers["X-AgentCom-Timestamp"], got.headers["X-AgentCom-Signature"])
+    assert namespace["verify"](SECRET.encode(), got.body, *args)
+    assert not namespace["verify"](SECRET.encode(), got.body.replace(b"down", b"up!!"), *args)

@@ -5,7 +5,8 @@
    processing ALERT_GROUP_SECONDS later.
 2. `process_alerts` takes every pending event at once: an endpoint with
    ALERT_FLAP_TRANSITIONS status changes within ALERT_FLAP_WINDOW_SECONDS is reported as
-   flapping once and then kept quiet until it has been stable that long; the other
+   flapping once and then kept quiet until it has been stable that long (the periodic
+   alert sweep notices that, within a minute, and says "stable again"); the other
    transitions are grouped per host and kind (one message for a host whose endpoints all
    went down). Alerts, their deliveries and the removal of the pending rows commit together.
 3. `deliver` sends one delivery, claimed by compare-and-set so that it is sent at most once;
@@ -190,11 +191,7 @@ def process_alerts(*, now: datetime | None = None, older_than_seconds: float = 0
         alerts = _create_alerts(groups, now)
         AlertPending.objects.filter(event_id__in=[e.id for e in pending]).delete()
         deliveries = _create_deliveries(alerts) if alerts else []
-        next_check = min((s.last_flip_at for s in states.values() if s.last_flip_at), default=None)
         transaction.on_commit(lambda: [_queue_delivery(d) for d in deliveries])
-    if next_check is not None:  # look again when the quietest flapping endpoint may count as stable
-        wait = (next_check - now).total_seconds() + settings.ALERT_FLAP_WINDOW_SECONDS + 0.5
-        queue_alert_processing(wait)
     return [a.id for a in alerts]
 
 

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from registry import services
 from registry.models import Alert, AlertDelivery, AlertPending, AlertTarget
+from registry.tasks import alert_sweep
 from tests.alerts.helpers import SECRET, endpoint, flip, label, process_and_send
 
 pytestmark = pytest.mark.django_db
@@ -180,3 +181,20 @@ def test_alerts_older_than_the_retention_are_pruned_with_their_deliveries(hook, 
     assert services.prune_alerts(now=timezone.now() + timedelta(days=29)) == 0
     assert services.prune_alerts(now=timezone.now() + timedelta(days=31)) == 1
     assert not Alert.objects.exists() and not AlertDelivery.objects.exists()
+
+
+def test_the_periodic_sweep_says_stable_again_once_a_flapping_endpoint_has_been_quiet(hook, settings):
+    settings.ALERT_FLAP_TRANSITIONS, settings.ALERT_FLAP_WINDOW_SECONDS = 2, 600
+    e = endpoint()
+    t = timezone.now() - timedelta(minutes=11)
+    flip(e, "healthy", "unhealthy", at=t)
+    flip(e, "unhealthy", "healthy", at=t + timedelta(seconds=30))
+    process_and_send(now=t + timedelta(seconds=40))
+    assert [r.json["event"] for r in hook.requests] == ["flapping"]
+
+    alert_sweep()  # what beat runs every minute
+    process_and_send()
+    assert [r.json["event"] for r in hook.requests] == ["flapping", "stable"]
+    alert_sweep()
+    process_and_send()
+    assert len(hook.requests) == 2

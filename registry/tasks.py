@@ -56,8 +56,9 @@ def process_alerts(older_than_seconds: float = 0.0) -> int:
 
 @shared_task(ignore_result=True)
 def alert_sweep() -> int:
-    """Process events whose own task was lost (and flapping endpoints now stable); prune old alerts."""
+    """Catch up on lost tasks (events, deliveries), flapping endpoints now stable; prune old alerts."""
     processed = process_alerts(older_than_seconds=settings.ALERT_GROUP_SECONDS)
+    services.requeue_stalled_deliveries()
     pruned = services.prune_alerts()
     if pruned:
         logger.info("pruned %d alerts", pruned)

@@ -18,6 +18,7 @@ from registry.services.alerts import (
     note_alert_events,
     process_alerts,
     prune_alerts,
+    requeue_stalled_deliveries,
     save_alert_target,
     send_test_alert,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "note_alert_events",
     "process_alerts",
     "prune_alerts",
+    "requeue_stalled_deliveries",
     "save_alert_target",
     "send_test_alert",
     "EXPIRES_AT_SLACK_SECONDS",

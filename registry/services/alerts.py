@@ -155,15 +155,17 @@ def note_alert_events(events: Iterable[Event]) -> int:
 def queue_alert_processing(countdown: float) -> None:
     """Ask a worker to process pending alert events after `countdown` seconds (by task name)."""
     try:
-        current_celery_app.send_task(ALERT_PROCESS_TASK, countdown=max(0.0, countdown))
+        # retry=False: with the broker away, fail at once rather than hold up the probe run
+        # that recorded the events.
+        current_celery_app.send_task(ALERT_PROCESS_TASK, countdown=max(0.0, countdown), retry=False)
     except Exception:  # the broker is away: the periodic alert sweep picks the events up
         logger.warning("could not queue alert processing", exc_info=True)
 
 
 def _queue_delivery(delivery_id: int) -> None:
     try:
-        current_celery_app.send_task(ALERT_SEND_TASK, args=[delivery_id])
-    except Exception:
+        current_celery_app.send_task(ALERT_SEND_TASK, args=[delivery_id], retry=False)
+    except Exception:  # the alert sweep queues it again
         logger.warning("could not queue alert delivery %s", delivery_id, exc_info=True)
 
 
@@ -306,6 +308,16 @@ def _create_deliveries(alerts: list[Alert], targets: list[Target] | None = None)
     return list(
         AlertDelivery.objects.filter(alert__in=alerts, status=AlertDelivery.Status.PENDING).values_list("id", flat=True)
     )
+
+
+def requeue_stalled_deliveries(*, now: datetime | None = None, after_seconds: float = 60.0) -> int:
+    """Queue again deliveries never tried for a minute (their task was lost); return how many."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=after_seconds)
+    stalled = AlertDelivery.objects.filter(status=AlertDelivery.Status.PENDING, attempts=0, alert__at__lt=cutoff)
+    ids = list(stalled.values_list("id", flat=True)[:1000])
+    for delivery_id in ids:  # a copy that was only slow is harmless: deliver() claims before sending
+        _queue_delivery(delivery_id)
+    return len(ids)
 
 
 def prune_alerts(*, now: datetime | None = None) -> int:

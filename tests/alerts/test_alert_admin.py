@@ -87,3 +87,7 @@ def test_send_test_notification_queues_a_test_message_to_the_selected_targets(
     [got] = receiver.requests
     assert got.signature_valid(SECRET)
     assert got.json["event"] == "test" and Alert.objects.get().kind == "test"
+    alerts_page = admin_client.get("/admin/registry/alert/").content.decode()
+    assert "Test notification from the LLM registry" in alerts_page and "1 sent" in alerts_page
+    detail = admin_client.get(f"/admin/registry/alert/{Alert.objects.get().id}/change/").content.decode()
+    assert "pager" in detail and "sent" in detail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,14 @@ def test_the_readme_verification_example_accepts_a_real_webhook_and_refuses_a_fo
     args = (got.headers["X-AgentCom-Timestamp"], got.headers["X-AgentCom-Signature"])
     assert namespace["verify"](SECRET.encode(), got.body, *args)
     assert not namespace["verify"](SECRET.encode(), got.body.replace(b"down", b"up!!"), *args)
+
+
+def test_a_delivery_whose_task_was_lost_is_queued_again_by_the_sweep(receivers, monkeypatch):
+    delivery = one_delivery(receivers().url)
+    queued = []
+    monkeypatch.setattr("registry.services.alerts._queue_delivery", queued.append)
+    later = delivery.alert.at + timedelta(seconds=61)
+    assert services.requeue_stalled_deliveries(now=delivery.alert.at + timedelta(seconds=30)) == 0
+    assert services.requeue_stalled_deliveries(now=later) == 1 and queued == [delivery.id]
+    services.deliver(delivery.id)
+    assert services.requeue_stalled_deliveries(now=later) == 0  # sent: nothing to queue

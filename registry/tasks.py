@@ -42,3 +42,39 @@ def prune_history() -> int:
     if deleted:
         logger.info("pruned %d resource snapshots", deleted)
     return deleted
+
+
+@shared_task(ignore_result=True)
+def process_alerts(older_than_seconds: float = 0.0) -> int:
+    """Turn pending status events into grouped alerts and queue their deliveries."""
+    try:
+        return len(services.process_alerts(older_than_seconds=older_than_seconds))
+    except Exception:  # a task boundary: the events stay pending; the alert sweep tries again
+        logger.exception("alert processing failed")
+        return 0
+
+
+@shared_task(ignore_result=True)
+def alert_sweep() -> int:
+    """Catch up on lost tasks (events, deliveries), flapping endpoints now stable; prune old alerts."""
+    processed = process_alerts(older_than_seconds=settings.ALERT_GROUP_SECONDS)
+    services.requeue_stalled_deliveries()
+    pruned = services.prune_alerts()
+    if pruned:
+        logger.info("pruned %d alerts", pruned)
+    return processed
+
+
+@shared_task(
+    bind=True,
+    ignore_result=True,
+    autoretry_for=(services.DeliveryFailed,),
+    max_retries=settings.ALERT_MAX_ATTEMPTS - 1,
+    # 2, 4, 8, ... s with full jitter, at most 5 min: a retry waits in the broker, not in the pool.
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+)
+def send_alert(self, delivery_id: int) -> str:
+    """Send one alert to one target; a failure is retried by Celery with backoff."""
+    return services.deliver(delivery_id, final=self.request.retries >= self.max_retries)

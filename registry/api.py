@@ -139,6 +139,14 @@ def _require_perm(request: HttpRequest, perm: str) -> None:
         raise HttpError(403, f"your account lacks the permission {perm}.")
 
 
+def _by(request: HttpRequest) -> str:
+    """Who is asking, as events name them: "admin token 'ci'" or "user alice"."""
+    token = getattr(request, "auth_token", None)
+    if token is not None:
+        return f"{token.scope} token '{token.label}'"
+    return f"user {request.user.get_username()}"
+
+
 def errors(*statuses: int) -> dict[int, type[ErrorBody]]:
     """The error statuses a route can answer, each with the `{"error", "detail"}` body."""
     return dict.fromkeys(statuses, ErrorBody)
@@ -218,9 +226,9 @@ def create_endpoint(request, payload: Body[EndpointsIn]):
     at once (all or nothing: one bad or duplicate entry registers none); probed at once."""
     _require_perm(request, "registry.add_endpoint")
     if isinstance(payload, list):
-        ids = services.register_endpoints([(p.address, p.port, p.name) for p in payload])
+        ids = services.register_endpoints([(p.address, p.port, p.name) for p in payload], by=_by(request))
         return _send(request, services.endpoint_rows(ids), 201)
-    endpoint, _ = services.register_endpoint(payload.address, payload.port, payload.name)
+    endpoint, _ = services.register_endpoint(payload.address, payload.port, payload.name, by=_by(request))
     return _send(request, services.endpoint_rows([endpoint.id])[0], 201)
 
 
@@ -245,7 +253,7 @@ def get_endpoint(request, endpoint_id: int):
 def delete_endpoint(request, endpoint_id: int):
     """Remove an endpoint and its models."""
     _require_perm(request, "registry.delete_endpoint")
-    services.remove_endpoint(endpoint_id)
+    services.remove_endpoint(endpoint_id, by=_by(request))
     return Status(204, None)
 
 

@@ -24,6 +24,12 @@ from registry.services.endpoints import (
     remove_endpoints,
     update_endpoint,
 )
+from registry.services.events import (
+    endpoint_label,
+    mark_silent_hosts,
+    prune_events,
+    record_events,
+)
 from registry.services.probing import (
     EXPIRES_AT_SLACK_SECONDS,
     RECORD_BATCH,
@@ -96,6 +102,7 @@ __all__ = [
     "claim_for_probe",
     "client_address",
     "create_token",
+    "endpoint_label",
     "endpoint_rows",
     "find_endpoints",
     "fleet_models",
@@ -104,12 +111,15 @@ __all__ = [
     "forget_process_caches",
     "get_endpoint",
     "host_resources",
+    "mark_silent_hosts",
     "note_token_use",
     "parse_endpoint",
     "parse_report",
     "probe",
+    "prune_events",
     "prune_snapshots",
     "queue_probe",
+    "record_events",
     "record_probe_results",
     "record_report",
     "record_reports",

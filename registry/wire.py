@@ -62,6 +62,11 @@ class EndpointRow(_Out):
     registered_at: datetime | None
     revision: int = Field(description="grows with every visible change; of two versions of a row keep the higher")
     models: list[ModelEntry]
+    uptime_24h: float | None = Field(
+        description="percent of the last 24 h the endpoint was healthy, of the time its status was known "
+        "(unknown and before registration count for neither side); null without such time"
+    )
+    uptime_7d: float | None = Field(description="the same over the last 7 days")
 
 
 class GpuEntry(_Out):

@@ -25,7 +25,10 @@ from registry.services.endpoints import (
     update_endpoint,
 )
 from registry.services.events import (
+    MAX_EVENTS_PAGE,
+    EventQuery,
     endpoint_label,
+    find_events,
     mark_silent_hosts,
     prune_events,
     record_events,
@@ -85,7 +88,9 @@ def forget_process_caches() -> None:
 __all__ = [
     "EXPIRES_AT_SLACK_SECONDS",
     "EndpointQuery",
+    "EventQuery",
     "MAX_BULK_ENDPOINTS",
+    "MAX_EVENTS_PAGE",
     "MAX_PAGE",
     "NotFound",
     "PROBE_TASK",
@@ -105,6 +110,7 @@ __all__ = [
     "endpoint_label",
     "endpoint_rows",
     "find_endpoints",
+    "find_events",
     "fleet_models",
     "fleet_summary",
     "forget_cached_tokens",

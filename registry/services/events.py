@@ -10,15 +10,18 @@ before the silence), "silent_for" (seconds)}.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from registry import signals
-from registry.models import Event, Host
+from registry.models import Endpoint, Event, Host
 from registry.schemas import host_for_url
+from registry.services.common import RegistryError
 
 
 def record_events(events: Iterable[Event]) -> list[Event]:
@@ -106,3 +109,92 @@ def prune_events(*, now: datetime | None = None) -> int:
     cutoff = now - timedelta(days=settings.EVENT_RETENTION_DAYS)
     deleted, _ = Event.objects.filter(at__lt=cutoff).delete()
     return deleted
+
+
+# --- reading ------------------------------------------------------------------------------
+
+MAX_EVENTS_PAGE = 500
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Which events a reader wants (each filter optional), newest first, a page at a time.
+
+    `with_host`: with `endpoint`, also the events of its machine that name no endpoint (its
+    sidecar going silent and coming back). `cursor`: the `next` of the page before.
+    """
+
+    endpoint: int | None = None
+    host: str = ""
+    kind: str = ""
+    since: datetime | None = None
+    cursor: str = ""
+    limit: int = 100
+    with_host: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind and self.kind not in Event.Kind.values:
+            raise RegistryError("invalid_input", f"kind must be one of {', '.join(Event.Kind.values)}.")
+        if not 1 <= self.limit <= MAX_EVENTS_PAGE:
+            raise RegistryError("invalid_input", f"limit must be from 1 to {MAX_EVENTS_PAGE}.")
+        _parse_cursor(self.cursor)
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, int] | None:
+    """The (at, id) a cursor "<microseconds since 1970>-<id>" names; None for no cursor."""
+    if not cursor:
+        return None
+    micros, _, event_id = cursor.partition("-")
+    try:
+        return _EPOCH + timedelta(microseconds=int(micros)), int(event_id)
+    except (ValueError, OverflowError):
+        raise RegistryError(
+            "invalid_input", "cursor is not one this hub handed out (use the `next` of a page)."
+        ) from None
+
+
+def _cursor(event: dict) -> str:
+    delta = event["at"] - _EPOCH
+    return f"{(delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds}-{event['id']}"
+
+
+def _aware(value: datetime) -> datetime:
+    """A time to compare with (naive means UTC), clamped to what the database can store."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 minus an offset, year 9999 plus one
+        return datetime.min.replace(tzinfo=UTC) if value.year < 2 else datetime.max.replace(tzinfo=UTC)
+
+
+_EVENT_COLUMNS = ("id", "at", "kind", "endpoint_id", "endpoint_label", "host", "detail")
+
+
+def find_events(query: EventQuery) -> dict:
+    """One page of events, newest first: {"events": [...], "next": cursor of the next page or None}
+    (registry.wire.EventPage)."""
+    qs = Event.objects.all()
+    if query.endpoint is not None:
+        mine = Q(endpoint_id=query.endpoint)
+        if query.with_host:
+            machine = Endpoint.objects.filter(id=query.endpoint).values_list("host__name", flat=True).first()
+            if machine is not None:
+                mine |= Q(host=machine, endpoint_id__isnull=True)
+        qs = qs.filter(mine)
+    if query.host:
+        qs = qs.filter(host=query.host)
+    if query.kind:
+        qs = qs.filter(kind=query.kind)
+    if query.since is not None:
+        qs = qs.filter(at__gte=_aware(query.since))
+    after = _parse_cursor(query.cursor)
+    if after is not None:
+        qs = qs.filter(Q(at__lt=after[0]) | Q(at=after[0], id__lt=after[1]))
+    rows = list(qs.order_by("-at", "-id").values(*_EVENT_COLUMNS)[: query.limit + 1])
+    following = _cursor(rows[query.limit - 1]) if len(rows) > query.limit else None
+    rows = rows[: query.limit]
+    for row in rows:
+        row["at"] = row["at"].isoformat()
+    return {"events": rows, "next": following}

@@ -173,7 +173,7 @@ def record_reports(
         latest[report.host] = report
     with transaction.atomic():
         hosts = _hosts_named(latest)
-        announced, history, events = [], [], []
+        announced, history, events, back = [], [], [], []
         for name, report in latest.items():
             host = hosts[name]
             if _worth_announcing(host, report, now):
@@ -181,12 +181,16 @@ def record_reports(
                 announced.append(name)
             if host.silent_since is not None:  # read with the row anyway: no extra query
                 events.append(host_back_event(name, host.silent_since, host.last_report_at, now))
-                host.silent_since = None
+                back.append(host.id)
             _apply_report(host, report, now)
             if host.history_at is None or (now - host.history_at).total_seconds() >= settings.RESOURCE_HISTORY_SECONDS:
                 host.history_at = now
                 history.append(_history_row(host, now))
         _update_hosts(hosts[name] for name in latest)
+        if back:
+            # Cleared by its own statement, never by the UPDATE above: a host the beat marks silent
+            # while this batch runs keeps its mark, and its next report records host_back.
+            Host.objects.filter(id__in=back).update(silent_since=None)
         if history:
             ResourceSnapshot.objects.bulk_create(history)
         endpoint_ids = _register_advertised(latest, hosts, events)
@@ -204,11 +208,10 @@ _HOST_REPORT_FIELDS = [
     *Host.RESOURCE_FIELDS,
     "announced_at",
     "history_at",
-    "silent_since",
 ]
 
 
-_HOST_DATETIMES = ("last_report_at", "announced_at", "history_at", "silent_since")
+_HOST_DATETIMES = ("last_report_at", "announced_at", "history_at")
 
 
 class _HostState(SimpleNamespace):
@@ -237,7 +240,7 @@ def _update_hosts(hosts: Iterable[_HostState]) -> None:
 
 def _hosts_named(reports: dict[str, SidecarReport]) -> dict[str, _HostState]:
     def read(names) -> dict[str, _HostState]:
-        rows = Host.objects.filter(name__in=list(names)).values("id", "name", *_HOST_REPORT_FIELDS)
+        rows = Host.objects.filter(name__in=list(names)).values("id", "name", *_HOST_REPORT_FIELDS, "silent_since")
         return {row["name"]: _HostState(**row) for row in rows}
 
     hosts = read(reports)

@@ -145,3 +145,17 @@ def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
     except ValueError:
         raise ImproperlyConfigured(f"{name} has an invalid port: {value!r}") from None
     return value
+
+
+# Apprise URLs may hold commas (mailto://...?to=a@x,b@y): split on whitespace, and on a comma
+# only where the next URL starts.
+_URL_LIST_SPLIT = re.compile(r"\s+|,(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def env_url_list(name: str) -> list[str]:
+    """Notification URLs (scheme://...), separated by spaces or commas."""
+    urls = [u.strip().strip(",") for u in _URL_LIST_SPLIT.split(os.environ.get(name, "")) if u.strip().strip(",")]
+    for url in urls:
+        if "://" not in url:
+            raise ImproperlyConfigured(f"{name} takes URLs such as ntfy://topic or json://host/path, got {url!r}")
+    return urls

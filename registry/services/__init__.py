@@ -5,6 +5,23 @@ One module per kind of state: endpoints (registration), probing (probe results),
 Callers import from `registry.services`; the modules are its parts, not separate APIs.
 """
 
+from registry.services.alerts import (
+    ALERT_PROCESS_TASK,
+    ALERT_SEND_TASK,
+    DeliveryFailed,
+    alert_payload,
+    alerts_configured,
+    check_alert_target,
+    delete_alert_targets,
+    deliver,
+    enabled_targets,
+    note_alert_events,
+    process_alerts,
+    prune_alerts,
+    requeue_stalled_deliveries,
+    save_alert_target,
+    send_test_alert,
+)
 from registry.services.common import (
     PROBE_TASK,
     NotFound,
@@ -42,6 +59,7 @@ from registry.services.probing import (
     record_probe_results,
     release_claim,
     sweep_chunks,
+    sweep_plan,
 )
 from registry.services.reading import (
     MAX_PAGE,
@@ -86,6 +104,21 @@ def forget_process_caches() -> None:
 
 
 __all__ = [
+    "ALERT_PROCESS_TASK",
+    "ALERT_SEND_TASK",
+    "DeliveryFailed",
+    "alert_payload",
+    "alerts_configured",
+    "check_alert_target",
+    "delete_alert_targets",
+    "deliver",
+    "enabled_targets",
+    "note_alert_events",
+    "process_alerts",
+    "prune_alerts",
+    "requeue_stalled_deliveries",
+    "save_alert_target",
+    "send_test_alert",
     "EXPIRES_AT_SLACK_SECONDS",
     "EndpointQuery",
     "EventQuery",
@@ -140,6 +173,7 @@ __all__ = [
     "snapshot_in_order",
     "snapshot_rest",
     "sweep_chunks",
+    "sweep_plan",
     "token_cache_fresh",
     "trusted_proxies",
     "update_endpoint",

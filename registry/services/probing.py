@@ -81,6 +81,16 @@ def sweep_chunks() -> list[list[int]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
+def sweep_plan() -> list[tuple[float, list[int]]]:
+    """The next sweep as (delay in seconds, endpoint ids) per chunk: chunk k starts k gaps after
+    the first, the gaps spreading the chunks over PROBE_SPREAD_FRACTION of the interval. Every
+    endpoint is still probed once per interval, at the same offset each time."""
+    chunks = sweep_chunks()
+    span = settings.PROBE_INTERVAL_SECONDS * settings.PROBE_SPREAD_FRACTION
+    gap = span / len(chunks) if chunks else 0.0
+    return [(round(k * gap, 3), chunk) for k, chunk in enumerate(chunks)]
+
+
 def claim_for_probe(
     ids: Iterable[int] | None = None, *, now: datetime | None = None
 ) -> tuple[str, list[ollama.ProbeTarget]]:

@@ -231,6 +231,11 @@ PROBE_ON_REGISTER = env_bool("PROBE_ON_REGISTER", True)
 UNHEALTHY_AFTER_FAILURES = env_int("UNHEALTHY_AFTER_FAILURES", 2, minimum=1)
 STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)
 RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0.01)
+# Events (status changes, models, registrations, silent sidecars) are kept this long.
+EVENT_RETENTION_DAYS = env_float("EVENT_RETENTION_DAYS", 30.0, minimum=0.01)
+# How often beat looks for sidecars that went silent (a host_silent event within this of the
+# STALE_AFTER_SECONDS mark).
+HOST_SILENCE_CHECK_SECONDS = max(1.0, min(30.0, STALE_AFTER_SECONDS / 3))
 # Proxies (networks) whose X-Forwarded-For names the real client: a sidecar behind one is judged
 # by its own address when it advertises its Ollama.
 # Login lockouts count per client by the same rule (agentcom_site/lockout.py).
@@ -297,6 +302,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": PROBE_INTERVAL_SECONDS,
         # A sweep that cannot start before the next tick is dropped, not piled up.
         "options": {"expires": PROBE_INTERVAL_SECONDS},
+    },
+    "find-silent-hosts": {
+        "task": "registry.tasks.find_silent_hosts",
+        "schedule": HOST_SILENCE_CHECK_SECONDS,
+        "options": {"expires": HOST_SILENCE_CHECK_SECONDS},
     },
     # Picks up alert events whose processing task was lost (broker away) and flapping endpoints
     # that have become stable; prunes old alerts.

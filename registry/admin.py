@@ -11,6 +11,11 @@ from registry import notify, services
 from registry.models import Alert, AlertDelivery, AlertTarget, Endpoint, Host, ResourceSnapshot, Token
 
 
+def _by(request) -> str:
+    """Who is acting, as events name them."""
+    return f"user {request.user.get_username()} (admin)"
+
+
 class EndpointForm(forms.ModelForm):
     """The address is typed as text (name, IP or URL); the service finds or creates the Host row."""
 
@@ -78,7 +83,7 @@ class EndpointAdmin(admin.ModelAdmin):
             if change:
                 saved = services.update_endpoint(obj.pk, port=data["port"], name=data["name"])
             else:
-                saved, _ = services.register_endpoint(data["address"], data["port"], data["name"])
+                saved, _ = services.register_endpoint(data["address"], data["port"], data["name"], by=_by(request))
         except services.RegistryError as exc:
             # The form checked this already; only a concurrent change can land here.
             self.message_user(request, exc.detail, messages.ERROR)
@@ -87,10 +92,10 @@ class EndpointAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
 
     def delete_model(self, request, obj):
-        services.remove_endpoint(obj.pk)
+        services.remove_endpoint(obj.pk, by=_by(request))
 
     def delete_queryset(self, request, queryset):
-        services.remove_endpoints(queryset.values_list("id", flat=True))
+        services.remove_endpoints(queryset.values_list("id", flat=True), by=_by(request))
 
     @admin.action(description="Probe now", permissions=["change"])
     def probe_now(self, request, queryset):
@@ -104,7 +109,7 @@ class EndpointAdmin(admin.ModelAdmin):
 
     @admin.action(description="Remove selected endpoints", permissions=["delete"])
     def remove_selected(self, request, queryset):
-        removed = services.remove_endpoints(queryset.values_list("id", flat=True))
+        removed = services.remove_endpoints(queryset.values_list("id", flat=True), by=_by(request))
         self.message_user(request, f"Removed {len(removed)} endpoint(s).")
 
 

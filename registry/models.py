@@ -39,6 +39,9 @@ class Host(models.Model):
     announced_at = models.DateTimeField(null=True, blank=True, editable=False)
     # When the last history row (ResourceSnapshot) was written: one per RESOURCE_HISTORY_SECONDS.
     history_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the hub noticed the sidecar had gone silent (a host_silent event was recorded); cleared,
+    # with a host_back event, by its next report. Null while it reports (or never reported).
+    silent_since = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

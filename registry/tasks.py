@@ -37,11 +37,21 @@ def probe_endpoints(ids: list[int]) -> list[int]:
 
 @shared_task(ignore_result=True)
 def prune_history() -> int:
-    """Delete resource reports older than RESOURCE_RETENTION_HOURS."""
+    """Delete resource reports older than RESOURCE_RETENTION_HOURS and events older than
+    EVENT_RETENTION_DAYS."""
     deleted = services.prune_snapshots()
     if deleted:
         logger.info("pruned %d resource snapshots", deleted)
-    return deleted
+    events = services.prune_events()
+    if events:
+        logger.info("pruned %d events", events)
+    return deleted + events
+
+
+@shared_task(ignore_result=True)
+def find_silent_hosts() -> int:
+    """Record host_silent for sidecars silent past STALE_AFTER_SECONDS; return how many."""
+    return len(services.mark_silent_hosts())
 
 
 @shared_task(ignore_result=True)

@@ -210,7 +210,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self.send_snapshot()
 
     async def on_register(self, frame: wire.RegisterEndpointFrame) -> None:
-        endpoint = await database_sync_to_async(self._register)(frame.address, frame.port, frame.name)
+        endpoint = await database_sync_to_async(self._register)(frame)
         await self.send_json({"type": "llm_endpoint_registered", "endpoint": endpoint})
 
     async def on_remove(self, frame: wire.RemoveEndpointFrame) -> None:
@@ -225,8 +225,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     }
 
     @staticmethod
-    def _register(address: str, port: int, name: str) -> dict:
-        endpoint, _ = services.register_endpoint(address, port, name)
+    def _register(frame: wire.RegisterEndpointFrame) -> dict:
+        endpoint, _ = services.register_endpoint(
+            frame.address, frame.port, frame.name, scheme=frame.scheme, authorization=frame.authorization_value
+        )
         return services.endpoint_rows([endpoint.id])[0]
 
     async def has_perm(self, perm: str) -> bool:

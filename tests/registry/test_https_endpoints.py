@@ -23,7 +23,11 @@ ENDPOINTS = "/api/v1/endpoints"
 def certs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tls")
     ca = TestCA.create(folder)
-    return {"ca": ca.cert_path, "good": ca.issue(folder, ["127.0.0.1", "localhost"]), "wrong": self_signed(folder, ["127.0.0.1"])}
+    return {
+        "ca": ca.cert_path,
+        "good": ca.issue(folder, ["127.0.0.1", "localhost"]),
+        "wrong": self_signed(folder, ["127.0.0.1"]),
+    }
 
 
 @pytest.fixture

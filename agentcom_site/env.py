@@ -160,3 +160,17 @@ def env_ca_bundle(name: str) -> str:
     except (OSError, ValueError):  # ssl.SSLError is an OSError
         raise ImproperlyConfigured(f"{name}: {value!r} is not a readable PEM file of CA certificates") from None
     return os.path.abspath(value)
+
+
+# Apprise URLs may hold commas (mailto://...?to=a@x,b@y): split on whitespace, and on a comma
+# only where the next URL starts.
+_URL_LIST_SPLIT = re.compile(r"\s+|,(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def env_url_list(name: str) -> list[str]:
+    """Notification URLs (scheme://...), separated by spaces or commas."""
+    urls = [u.strip().strip(",") for u in _URL_LIST_SPLIT.split(os.environ.get(name, "")) if u.strip().strip(",")]
+    for url in urls:
+        if "://" not in url:
+            raise ImproperlyConfigured(f"{name} takes URLs such as ntfy://topic or json://host/path, got {url!r}")
+    return urls

@@ -22,6 +22,7 @@ from agentcom_site.env import (
     env_parsed,
     env_str,
     env_url,
+    env_url_list,
 )
 from agentcom_site.namespace import hub_namespace
 from registry.ollama import DEFAULT_ALLOWED_NETWORKS, parse_networks
@@ -223,7 +224,10 @@ CELERY_TIMEZONE = "UTC"
 # The registry's own knobs (units in the names).
 PROBE_INTERVAL_SECONDS = env_float("PROBE_INTERVAL_SECONDS", 15.0, minimum=1.0)
 PROBE_TIMEOUT_SECONDS = env_float("PROBE_TIMEOUT_SECONDS", 5.0, minimum=0.1)
-PROBE_CHUNK_SIZE = env_int("PROBE_CHUNK_SIZE", 250, minimum=1)
+PROBE_CHUNK_SIZE = env_int("PROBE_CHUNK_SIZE", 100, minimum=1)
+# A sweep's chunks start evenly across this share of the interval (0: all at once): a steady
+# trickle of probes instead of one burst that takes the CPU from the report path.
+PROBE_SPREAD_FRACTION = min(env_float("PROBE_SPREAD_FRACTION", 0.5, minimum=0.0), 0.9)
 PROBE_ON_REGISTER = env_bool("PROBE_ON_REGISTER", True)
 # A PEM file of CA certificates that https endpoints' certificates are verified against,
 # instead of the system store (a private CA); read at start-up to refuse a bad path or file.
@@ -231,6 +235,11 @@ PROBE_CA_BUNDLE = env_ca_bundle("PROBE_CA_BUNDLE")
 UNHEALTHY_AFTER_FAILURES = env_int("UNHEALTHY_AFTER_FAILURES", 2, minimum=1)
 STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)
 RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0.01)
+# Events (status changes, models, registrations, silent sidecars) are kept this long.
+EVENT_RETENTION_DAYS = env_float("EVENT_RETENTION_DAYS", 30.0, minimum=0.01)
+# How often beat looks for sidecars that went silent (a host_silent event within this of the
+# STALE_AFTER_SECONDS mark).
+HOST_SILENCE_CHECK_SECONDS = max(1.0, min(30.0, STALE_AFTER_SECONDS / 3))
 # Proxies (networks) whose X-Forwarded-For names the real client: a sidecar behind one is judged
 # by its own address when it advertises its Ollama.
 # Login lockouts count per client by the same rule (agentcom_site/lockout.py).
@@ -251,6 +260,33 @@ PUBLISH_MAX_EVENTS_PER_SECOND = env_float("PUBLISH_MAX_EVENTS_PER_SECOND", 10.0,
 # reach it at once.
 DASHBOARD_SESSION_CHECK_SECONDS = env_float("DASHBOARD_SESSION_CHECK_SECONDS", 30.0, minimum=0.5)
 
+# Alerts (registry/services/alerts.py): Apprise URLs and a signed JSON webhook, besides the targets
+# kept in the database (Django admin). Targets are the operator's: not limited to
+# REGISTRY_ALLOWED_NETWORKS.
+ALERT_URLS = env_url_list("ALERT_URLS")
+ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL", "")
+ALERT_WEBHOOK_SECRET = env_str("ALERT_WEBHOOK_SECRET", "")
+if ALERT_WEBHOOK_URL:
+    env_url("ALERT_WEBHOOK_URL", "", ("http", "https"))
+    if not ALERT_WEBHOOK_SECRET:
+        raise ImproperlyConfigured(
+            "ALERT_WEBHOOK_URL needs ALERT_WEBHOOK_SECRET: receivers check the signature with it"
+        )
+# Transitions within this many seconds of the first go out as one message (per host and kind). The
+# endpoints of a host that dies fail in the same sweep, within a second or two of each other; short
+# enough that a message leaves within 5 s of the transition.
+ALERT_GROUP_SECONDS = env_float("ALERT_GROUP_SECONDS", 3.0)
+# An endpoint with this many status changes within the window is reported once as flapping,
+# then kept quiet until it has not changed for the window.
+ALERT_FLAP_TRANSITIONS = env_int("ALERT_FLAP_TRANSITIONS", 4, minimum=2)
+ALERT_FLAP_WINDOW_SECONDS = env_float("ALERT_FLAP_WINDOW_SECONDS", 600.0, minimum=1.0)
+# Deadline of one send (connect and read); a target that hangs holds a worker thread at most this long.
+ALERT_TIMEOUT_SECONDS = env_float("ALERT_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# Tries per alert and target (retries back off exponentially, at most 5 minutes apart).
+ALERT_MAX_ATTEMPTS = env_int("ALERT_MAX_ATTEMPTS", 8, minimum=1)
+# Sent alerts (and their delivery records, shown in Django admin) are kept this long.
+ALERT_RETENTION_DAYS = env_float("ALERT_RETENTION_DAYS", 30.0, minimum=0.01)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -270,6 +306,18 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": PROBE_INTERVAL_SECONDS,
         # A sweep that cannot start before the next tick is dropped, not piled up.
         "options": {"expires": PROBE_INTERVAL_SECONDS},
+    },
+    "find-silent-hosts": {
+        "task": "registry.tasks.find_silent_hosts",
+        "schedule": HOST_SILENCE_CHECK_SECONDS,
+        "options": {"expires": HOST_SILENCE_CHECK_SECONDS},
+    },
+    # Picks up alert events whose processing task was lost (broker away) and flapping endpoints
+    # that have become stable; prunes old alerts.
+    "alert-sweep": {
+        "task": "registry.tasks.alert_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
     },
     "prune-resource-history": {
         "task": "registry.tasks.prune_history",

@@ -119,6 +119,7 @@ async def step(client: Sender, rate: float, seconds: float, tokens: list[str], o
     n = int(rate * seconds)
     hosts = len(tokens)
     outcomes: list[tuple[int, float, float, dict | None]] = []  # status, scheduled, latency, body
+    lags: list[float] = []  # the generator's own delay: scheduled time -> its send starts
     errors: dict[str, int] = {}
     start = time.monotonic() + 0.05
     tasks = []
@@ -126,6 +127,7 @@ async def step(client: Sender, rate: float, seconds: float, tokens: list[str], o
     async def one(k: int, at: float) -> None:
         i = (offset + k) % hosts
         body = report_body(i, rng)
+        lags.append(time.monotonic() - at)
         try:
             status = await client.send(i, body)
         except (OSError, asyncio.IncompleteReadError, ConnectionError) as exc:
@@ -142,7 +144,7 @@ async def step(client: Sender, rate: float, seconds: float, tokens: list[str], o
     await asyncio.gather(*tasks)
     if errors:
         print(f"client errors: {errors}")
-    return {"outcomes": outcomes, "start": start, "end": time.monotonic()}
+    return {"outcomes": outcomes, "lags": lags, "start": start, "end": time.monotonic()}
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -164,6 +166,13 @@ def summarise(rate, seconds, raw, watch, screen, cpu_before, cpu_after, wall) ->
     busy = [o for o in outcomes if o[0] == 503]
     errors = [o for o in outcomes if not (200 <= o[0] < 300) and o[0] != 503]
     lat = [o[2] * 1000 for o in ok]
+    lags = [x * 1000 for x in raw["lags"]]
+    # Where the slow answers fall (second of the step -> how many over 100 ms): a stall that
+    # repeats every PROBE_INTERVAL_SECONDS points at the sweep, a spread tail at CPU contention.
+    slow: dict[int, int] = {}
+    for _, at, latency, _ in ok:
+        if latency > 0.1:
+            slow[int(at - raw["start"])] = slow.get(int(at - raw["start"]), 0) + 1
     shown = []
     for _, at, _, body in ok:
         seen = screen.seen.get((body["host"], body["cpu_percent"]))
@@ -183,6 +192,9 @@ def summarise(rate, seconds, raw, watch, screen, cpu_before, cpu_after, wall) ->
         "oldest_check_s": round(watch.worst(raw["start"], raw["end"]) or 0, 1),
         "daphne_cpu_pct": round(100 * (cpu_after["daphne"] - cpu_before["daphne"]) / wall, 1),
         "worker_cpu_pct": round(100 * (cpu_after["worker"] - cpu_before["worker"]) / wall, 1),
+        "generator_lag_p99_ms": round(percentile(lags, 99), 1) if lags else None,
+        "generator_cpu_pct": round(100 * raw["generator_cpu"] / wall, 1),
+        "slow_by_second": dict(sorted(slow.items())),
         "screen_matched": len(shown),
         "screen_p50_ms": round(percentile(shown, 50), 1) if shown else None,
         "screen_p99_ms": round(percentile(shown, 99), 1) if shown else None,
@@ -221,7 +233,9 @@ async def main_async(args, hub: Hub, tokens: list[str], cookie: str, watch: Swee
         pids = hub.pids()
         before = {name: cpu_seconds(pids[name]) for name in ("daphne", "worker")}
         t0 = time.monotonic()
+        own = time.process_time()
         raw = await step(client, rate, args.seconds, tokens, offset, rng)
+        raw["generator_cpu"] = time.process_time() - own
         await asyncio.sleep(1.5)  # let the last frames reach the screen
         wall = time.monotonic() - t0
         after = {name: cpu_seconds(pids[name]) for name in ("daphne", "worker")}
@@ -267,11 +281,21 @@ async def wait_probed(n: int, timeout: float) -> None:
 
 def print_table(result: dict) -> None:
     cols = ["offered_per_s", "ok_per_s", "overloaded_503", "errors", "p50_ms", "p99_ms", "oldest_check_s",
-            "daphne_cpu_pct", "worker_cpu_pct", "screen_p50_ms", "screen_p99_ms"]  # fmt: skip
+            "daphne_cpu_pct", "worker_cpu_pct", "generator_cpu_pct", "generator_lag_p99_ms", "screen_p50_ms",
+            "screen_p99_ms"]  # fmt: skip
     print(" | ".join(cols))
     for row in result["steps"]:
         print(" | ".join(str(row[c]) for c in cols))
     print(f"hosts acknowledged: {result['acknowledged_hosts']}, stored values differing: {result['lost']}")
+
+
+def _loop_factory():
+    """uvloop when installed (the hub's own requirement): the generator's lag counts as latency."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def main() -> None:
@@ -298,7 +322,8 @@ def main() -> None:
     watch = SweepWatch()
     watch.start()
     try:
-        result = asyncio.run(main_async(args, hub, tokens, cookie, watch))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            result = runner.run(main_async(args, hub, tokens, cookie, watch))
     finally:
         watch.stopping.set()
         hub.stop()

@@ -210,11 +210,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self.send_snapshot()
 
     async def on_register(self, frame: wire.RegisterEndpointFrame) -> None:
-        endpoint = await database_sync_to_async(self._register)(frame)
+        endpoint = await database_sync_to_async(self._register)(frame, self.actor)
         await self.send_json({"type": "llm_endpoint_registered", "endpoint": endpoint})
 
     async def on_remove(self, frame: wire.RemoveEndpointFrame) -> None:
-        removed = await database_sync_to_async(services.remove_endpoint)(frame.id)
+        removed = await database_sync_to_async(services.remove_endpoint)(frame.id, by=self.actor)
         await self.send_json({"type": "llm_endpoint_removed", "id": removed})
 
     # frame type -> (handler, permission needed, what a viewer may not do); shapes: wire.BROWSER_FRAMES
@@ -224,10 +224,20 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         "remove_llm_endpoint": (on_remove, "registry.delete_endpoint", "remove endpoints"),
     }
 
+    @property
+    def actor(self) -> str:
+        """Who the events of this page's commands name."""
+        return f"user {self.user.get_username()}"
+
     @staticmethod
-    def _register(frame: wire.RegisterEndpointFrame) -> dict:
+    def _register(frame: wire.RegisterEndpointFrame, by: str) -> dict:
         endpoint, _ = services.register_endpoint(
-            frame.address, frame.port, frame.name, scheme=frame.scheme, authorization=frame.authorization_value
+            frame.address,
+            frame.port,
+            frame.name,
+            by=by,
+            scheme=frame.scheme,
+            authorization=frame.authorization_value,
         )
         return services.endpoint_rows([endpoint.id])[0]
 

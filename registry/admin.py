@@ -7,8 +7,13 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
 
-from registry import services
-from registry.models import Endpoint, Host, ResourceSnapshot, Token
+from registry import notify, services
+from registry.models import Alert, AlertDelivery, AlertTarget, Endpoint, Host, ResourceSnapshot, Token
+
+
+def _by(request) -> str:
+    """Who is acting, as events name them."""
+    return f"user {request.user.get_username()} (admin)"
 
 
 class EndpointForm(forms.ModelForm):
@@ -145,7 +150,11 @@ class EndpointAdmin(admin.ModelAdmin):
                 )
             else:
                 saved, _ = services.register_endpoint(
-                    data["address"], data["port"], data["name"], authorization=data["authorization_header"]
+                    data["address"],
+                    data["port"],
+                    data["name"],
+                    by=_by(request),
+                    authorization=data["authorization_header"],
                 )
         except services.RegistryError as exc:
             # The form checked this already; only a concurrent change can land here.
@@ -155,10 +164,10 @@ class EndpointAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
 
     def delete_model(self, request, obj):
-        services.remove_endpoint(obj.pk)
+        services.remove_endpoint(obj.pk, by=_by(request))
 
     def delete_queryset(self, request, queryset):
-        services.remove_endpoints(queryset.values_list("id", flat=True))
+        services.remove_endpoints(queryset.values_list("id", flat=True), by=_by(request))
 
     @admin.action(description="Probe now", permissions=["change"])
     def probe_now(self, request, queryset):
@@ -172,7 +181,7 @@ class EndpointAdmin(admin.ModelAdmin):
 
     @admin.action(description="Remove selected endpoints", permissions=["delete"])
     def remove_selected(self, request, queryset):
-        removed = services.remove_endpoints(queryset.values_list("id", flat=True))
+        removed = services.remove_endpoints(queryset.values_list("id", flat=True), by=_by(request))
         self.message_user(request, f"Removed {len(removed)} endpoint(s).")
 
 
@@ -235,3 +244,120 @@ class TokenAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset):
         count = services.revoke_tokens(queryset.values_list("id", flat=True))
         self.message_user(request, f"Revoked {count} token(s).")
+
+
+class AlertTargetForm(forms.ModelForm):
+    """URL and secret are write-only: Apprise URLs carry tokens; left blank on edit, they are kept."""
+
+    url = forms.CharField(
+        label="URL",
+        max_length=2000,
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off", "size": 80}),
+        help_text="Apprise URL (ntfy://topic, slack://..., mailto://..., json://host/path) or, for a webhook, "
+        "its http(s) URL. Not shown again; leave blank to keep the current one.",
+    )
+    secret = forms.CharField(
+        label="Webhook secret",
+        max_length=200,
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Webhook only: the HMAC-SHA256 key receivers verify with. Leave blank to keep the current one.",
+    )
+
+    class Meta:
+        model = AlertTarget
+        fields = ["label", "kind", "url", "secret", "enabled"]
+
+    def clean(self):
+        data = super().clean()
+        url = data.get("url") or self.instance.url
+        secret = data.get("secret") or self.instance.secret
+        if not url:
+            raise ValidationError({"url": "Give the URL to send to."})
+        try:
+            services.check_alert_target(data.get("kind", ""), url, secret)
+        except services.RegistryError as exc:
+            raise ValidationError(exc.detail) from None
+        data["url"], data["secret"] = url, secret
+        return data
+
+
+@admin.register(AlertTarget)
+class AlertTargetAdmin(admin.ModelAdmin):
+    form = AlertTargetForm
+    list_display = ["label", "kind", "destination", "enabled", "created_at"]
+    list_filter = ["kind", "enabled"]
+    search_fields = ["label"]
+    readonly_fields = ["destination"]
+    actions = ["send_test", "delete_selected_targets"]
+
+    @admin.display(description="destination")
+    def destination(self, obj: AlertTarget) -> str:
+        return notify.mask_url(obj.url) if obj.url else "-"
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # replaced by delete_selected_targets, which uses services
+        return actions
+
+    def save_model(self, request, obj, form, change):
+        obj.url, obj.secret = form.cleaned_data["url"], form.cleaned_data["secret"]
+        services.save_alert_target(obj)
+
+    def delete_model(self, request, obj):
+        services.delete_alert_targets([obj.pk])
+
+    @admin.action(description="Delete selected alert targets", permissions=["delete"])
+    def delete_selected_targets(self, request, queryset):
+        count = services.delete_alert_targets(queryset.values_list("id", flat=True))
+        self.message_user(request, f"Deleted {count} alert target(s).")
+
+    @admin.action(description="Send test notification", permissions=["change"])
+    def send_test(self, request, queryset):
+        try:
+            count = services.send_test_alert(queryset.values_list("id", flat=True))
+        except Exception as exc:  # the database or broker is away: say so instead of a 500
+            self.message_user(request, f"Could not queue the test ({exc.__class__.__name__}).", messages.ERROR)
+            return
+        self.message_user(
+            request,
+            f"Queued a test notification to {count} target(s); see Alert deliveries for the outcome.",
+        )
+
+
+class AlertDeliveryInline(admin.TabularInline):
+    model = AlertDelivery
+    fields = ["target_label", "status", "attempts", "last_error", "sent_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = ["at", "kind", "title", "delivered"]
+    list_filter = ["kind"]
+    search_fields = ["title", "host"]
+    fields = ["at", "kind", "host", "title", "text", "endpoints"]
+    readonly_fields = fields
+    inlines = [AlertDeliveryInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("deliveries")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="deliveries")
+    def delivered(self, obj: Alert) -> str:
+        counts: dict[str, int] = {}
+        for delivery in obj.deliveries.all():
+            counts[delivery.status] = counts.get(delivery.status, 0) + 1
+        return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no targets"

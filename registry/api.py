@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+from datetime import datetime
+from typing import Annotated, Any
 
 import orjson
 from django.conf import settings
@@ -13,11 +15,12 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Body, NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
+from pydantic import BeforeValidator
 
 from registry import ingest, services
-from registry.models import Token
+from registry.models import Event, Token
 from registry.schemas import NAME_PATTERN, EndpointsIn, SidecarReport
-from registry.wire import EndpointRow, ErrorBody, Snapshot
+from registry.wire import EndpointRow, ErrorBody, EventPage, Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +142,14 @@ def _require_perm(request: HttpRequest, perm: str) -> None:
         raise HttpError(403, f"your account lacks the permission {perm}.")
 
 
+def _by(request: HttpRequest) -> str:
+    """Who is asking, as events name them: "admin token 'ci'" or "user alice"."""
+    token = getattr(request, "auth_token", None)
+    if token is not None:
+        return f"{token.scope} token '{token.label}'"
+    return f"user {request.user.get_username()}"
+
+
 def errors(*statuses: int) -> dict[int, type[ErrorBody]]:
     """The error statuses a route can answer, each with the `{"error", "detail"}` body."""
     return dict.fromkeys(statuses, ErrorBody)
@@ -220,13 +231,14 @@ def create_endpoint(request, payload: Body[EndpointsIn]):
     _require_perm(request, "registry.add_endpoint")
     if isinstance(payload, list):
         ids = services.register_endpoints(
-            [(p.address, p.port, p.name, p.scheme, p.authorization_value) for p in payload]
+            [(p.address, p.port, p.name, p.scheme, p.authorization_value) for p in payload], by=_by(request)
         )
         return _send(request, services.endpoint_rows(ids), 201)
     endpoint, _ = services.register_endpoint(
         payload.address,
         payload.port,
         payload.name,
+        by=_by(request),
         scheme=payload.scheme,
         authorization=payload.authorization_value,
     )
@@ -254,7 +266,7 @@ def get_endpoint(request, endpoint_id: int):
 def delete_endpoint(request, endpoint_id: int):
     """Remove an endpoint and its models."""
     _require_perm(request, "registry.delete_endpoint")
-    services.remove_endpoint(endpoint_id)
+    services.remove_endpoint(endpoint_id, by=_by(request))
     return Status(204, None)
 
 
@@ -271,6 +283,46 @@ def snapshot(
     """The registry: endpoints (all, or a filtered page: `total` says how many match), latest
     resources per host (of the rows' hosts when filtered), fleet model summary."""
     return _send(request, services.build_snapshot(query=_query(status, model, q, offset, limit)))
+
+
+def _iso_only(value: object) -> object:
+    # pydantic would read "0.5" as seconds since 1970: a time must be written as a date.
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 time, e.g. 2026-11-27T12:00:00Z")
+    return value
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+# The filters and paging of GET /events (each optional).
+EVENT_ENDPOINT_Q = Query(None, ge=1, le=2**63 - 1, description="only the events of this endpoint id")
+EVENT_HOST_Q = Query("", max_length=253, pattern=NAME_PATTERN, description="only the events of this machine")
+EVENT_KIND_Q = Query("", pattern=f"^({'|'.join(Event.Kind.values)})?$", description="only events of this kind")
+EVENT_SINCE_Q = Query(None, description="only events at or after this time (ISO 8601; UTC when naive)")
+EVENT_CURSOR_Q = Query("", pattern=r"^(\d{1,16}-\d{1,18})?$", description="the `next` of the page before")
+EVENT_LIMIT_Q = Query(100, ge=1, le=services.MAX_EVENTS_PAGE, description="events per page (newest first)")
+EVENT_WITH_HOST_Q = Query(False, description="with endpoint: also its machine's sidecar silent and back events")
+
+
+@api.get(
+    "/events",
+    auth=[TokenAuth(Token.Scope.ADMIN), UserSession()],
+    response={200: EventPage, **errors(*ANY_ROUTE)},
+    tags=["fleet"],
+)
+def events(
+    request, endpoint: int | None = EVENT_ENDPOINT_Q, host: str = EVENT_HOST_Q, kind: str = EVENT_KIND_Q,
+    since: IsoTime | None = EVENT_SINCE_Q, cursor: str = EVENT_CURSOR_Q, limit: int = EVENT_LIMIT_Q,
+    with_host: bool = EVENT_WITH_HOST_Q,
+):  # fmt: skip
+    """What happened in the fleet, newest first: status changes (with the reason), models added,
+    removed, loaded and unloaded, registrations and removals (by whom), sidecars going silent and
+    coming back. Filters combine; `next` pages on to older events."""
+    query = services.EventQuery(
+        endpoint=endpoint, host=host, kind=kind, since=since, cursor=cursor, limit=limit, with_host=with_host
+    )
+    return _send(request, services.find_events(query))
 
 
 @api.post(

@@ -39,6 +39,9 @@ class Host(models.Model):
     announced_at = models.DateTimeField(null=True, blank=True, editable=False)
     # When the last history row (ResourceSnapshot) was written: one per RESOURCE_HISTORY_SECONDS.
     history_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the hub noticed the sidecar had gone silent (a host_silent event was recorded); cleared,
+    # with a host_back event, by its next report. Null while it reports (or never reported).
+    silent_since = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -240,3 +243,93 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind} {self.endpoint_label or self.host}"
+
+
+class AlertTarget(models.Model):
+    """Where alerts go: an Apprise URL (Slack, Discord, Matrix, e-mail, ntfy, ...) or a signed JSON webhook."""
+
+    class Kind(models.TextChoices):
+        APPRISE = "apprise", "Apprise URL"
+        WEBHOOK = "webhook", "JSON webhook (HMAC-SHA256 signed)"
+
+    label = models.CharField(max_length=100)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.APPRISE)
+    # Apprise URLs carry their tokens inside (slack://T000/B000/XXXX): never shown in lists.
+    url = models.CharField(max_length=2000, help_text="Apprise URL (e.g. ntfy://topic) or the webhook's https URL.")
+    secret = models.CharField(max_length=200, blank=True, help_text="Webhook only: the HMAC-SHA256 key.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["label"]
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class Alert(models.Model):
+    """One message about the fleet (a group of transitions), sent to every target once."""
+
+    class Kind(models.TextChoices):
+        DOWN = "down", "unhealthy"
+        UP = "up", "recovered"
+        FLAPPING = "flapping", "flapping"
+        STABLE = "stable", "stable again"
+        TEST = "test", "test"
+
+    # Unique per group of transitions: a processing run that is repeated never makes a second alert.
+    key = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    host = models.CharField(max_length=253, blank=True)
+    title = models.CharField(max_length=200)
+    text = models.TextField()
+    endpoints = models.JSONField(default=list, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["at"])]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class AlertDelivery(models.Model):
+    """One alert to one target; sent at most once (claimed by compare-and-set), retried on failure."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        SENDING = "sending", "sending"
+        SENT = "sent", "sent"
+        FAILED = "failed", "failed"
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="deliveries")
+    # "target:<id>" (an AlertTarget) or "setting:<hash>" (a URL of ALERT_URLS / ALERT_WEBHOOK_URL).
+    target_ref = models.CharField(max_length=40)
+    target_label = models.CharField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["alert", "target_ref"], name="alert_delivery_unique_target")]
+
+    def __str__(self) -> str:
+        return f"{self.alert} -> {self.target_label}"
+
+
+class AlertPending(models.Model):
+    """An alert-worthy event not yet turned into alerts (written with the event; deleted when handled)."""
+
+    event = models.OneToOneField(Event, on_delete=models.CASCADE, primary_key=True, related_name="+")
+
+
+class AlertEndpointState(models.Model):
+    """An endpoint reported as flapping (kept quiet until stable; the row goes when it is)."""
+
+    endpoint_id = models.BigIntegerField(unique=True)
+    flapping_since = models.DateTimeField(null=True, blank=True)
+    last_flip_at = models.DateTimeField(null=True, blank=True)

@@ -9,9 +9,11 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db.models import BooleanField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
+from django.utils import timezone
 
 from registry.models import Endpoint, EndpointModel, Host
 from registry.status import is_stale
+from registry.uptime import uptimes
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -105,8 +107,8 @@ _HAS_AUTH = ExpressionWrapper(~Q(authorization=""), output_field=BooleanField())
 def endpoint_rows(ids: Iterable[int] | None = None, *, endpoints: QuerySet | None = None) -> list[dict]:
     """Endpoints as the API and the dashboard show them (registry.wire.EndpointRow).
 
-    Plain values, no model instances, two queries at most (one when every model list is
-    cached): a snapshot of thousands of rows is built on every dashboard connect. `endpoints`
+    Plain values, no model instances, three queries at most (one when every model list and
+    uptime is cached): a snapshot of thousands of rows is built on every dashboard connect. `endpoints`
     narrows the rows (a filtered, ordered or sliced queryset); `ids` picks them by id.
     """
     complete = ids is None and endpoints is None
@@ -116,6 +118,7 @@ def endpoint_rows(ids: Iterable[int] | None = None, *, endpoints: QuerySet | Non
     values = list(qs.values(*_ENDPOINT_COLUMNS, host_name=F("host__name"), has_auth=_HAS_AUTH))
     keys = {e["id"]: (e["id"], e["revision"], e["registered_at"]) for e in values}
     models = _model_lists(keys, complete=complete)
+    ups = uptimes(((e["id"], e["status"], e["registered_at"]) for e in values), timezone.now(), complete=complete)
     return [
         {
             "id": e["id"],
@@ -136,6 +139,8 @@ def endpoint_rows(ids: Iterable[int] | None = None, *, endpoints: QuerySet | Non
             "registered_at": _iso(e["registered_at"]),
             "revision": e["revision"],
             "models": models[e["id"]],
+            "uptime_24h": ups[e["id"]][0],
+            "uptime_7d": ups[e["id"]][1],
         }
         for e in values
     ]

@@ -14,15 +14,15 @@ logger = logging.getLogger(__name__)
 
 @shared_task(ignore_result=True)
 def probe_sweep() -> int:
-    """Queue one probe task per chunk of the fleet; return the chunk count.
+    """Queue one probe task per chunk of the fleet, spread over the interval; return the chunk count.
 
     Chunks let several workers (on several machines) share one sweep; each chunk task
     leases its endpoints, so two sweeps never probe the same endpoint at once.
     """
-    chunks = services.sweep_chunks()
-    for chunk in chunks:
-        probe_endpoints.apply_async(args=[chunk], expires=settings.PROBE_INTERVAL_SECONDS)
-    return len(chunks)
+    plan = services.sweep_plan()
+    for delay, chunk in plan:
+        probe_endpoints.apply_async(args=[chunk], countdown=delay, expires=delay + settings.PROBE_INTERVAL_SECONDS)
+    return len(plan)
 
 
 @shared_task(ignore_result=True)
@@ -37,8 +37,54 @@ def probe_endpoints(ids: list[int]) -> list[int]:
 
 @shared_task(ignore_result=True)
 def prune_history() -> int:
-    """Delete resource reports older than RESOURCE_RETENTION_HOURS."""
+    """Delete resource reports older than RESOURCE_RETENTION_HOURS and events older than
+    EVENT_RETENTION_DAYS."""
     deleted = services.prune_snapshots()
     if deleted:
         logger.info("pruned %d resource snapshots", deleted)
-    return deleted
+    events = services.prune_events()
+    if events:
+        logger.info("pruned %d events", events)
+    return deleted + events
+
+
+@shared_task(ignore_result=True)
+def find_silent_hosts() -> int:
+    """Record host_silent for sidecars silent past STALE_AFTER_SECONDS; return how many."""
+    return len(services.mark_silent_hosts())
+
+
+@shared_task(ignore_result=True)
+def process_alerts(older_than_seconds: float = 0.0) -> int:
+    """Turn pending status events into grouped alerts and queue their deliveries."""
+    try:
+        return len(services.process_alerts(older_than_seconds=older_than_seconds))
+    except Exception:  # a task boundary: the events stay pending; the alert sweep tries again
+        logger.exception("alert processing failed")
+        return 0
+
+
+@shared_task(ignore_result=True)
+def alert_sweep() -> int:
+    """Catch up on lost tasks (events, deliveries), flapping endpoints now stable; prune old alerts."""
+    processed = process_alerts(older_than_seconds=settings.ALERT_GROUP_SECONDS)
+    services.requeue_stalled_deliveries()
+    pruned = services.prune_alerts()
+    if pruned:
+        logger.info("pruned %d alerts", pruned)
+    return processed
+
+
+@shared_task(
+    bind=True,
+    ignore_result=True,
+    autoretry_for=(services.DeliveryFailed,),
+    max_retries=settings.ALERT_MAX_ATTEMPTS - 1,
+    # 2, 4, 8, ... s with full jitter, at most 5 min: a retry waits in the broker, not in the pool.
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+)
+def send_alert(self, delivery_id: int) -> str:
+    """Send one alert to one target; a failure is retried by Celery with backoff."""
+    return services.deliver(delivery_id, final=self.request.retries >= self.max_retries)

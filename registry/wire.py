@@ -64,6 +64,11 @@ class EndpointRow(_Out):
     registered_at: datetime | None
     revision: int = Field(description="grows with every visible change; of two versions of a row keep the higher")
     models: list[ModelEntry]
+    uptime_24h: float | None = Field(
+        description="percent of the last 24 h the endpoint was healthy, of the time its status was known "
+        "(unknown and before registration count for neither side); null without such time"
+    )
+    uptime_7d: float | None = Field(description="the same over the last 7 days")
 
 
 class GpuEntry(_Out):
@@ -110,6 +115,31 @@ class Snapshot(_Out):
         "most widespread first; never filtered"
     )
     fleet_loaded: FleetLoaded = Field(description="model name -> number of those hosts where it is loaded now")
+
+
+class EventRow(_Out):
+    """Something that happened (GET /api/v1/events)."""
+
+    id: int
+    at: datetime
+    kind: str = Field(
+        description="status, model_added, model_removed, model_loaded, model_unloaded, registered, removed, "
+        "host_silent or host_back"
+    )
+    endpoint_id: int | None = Field(description="the endpoint (it may have been removed since); null for host events")
+    endpoint_label: str = Field(description='"name" (address:port) or address:port; empty for host events')
+    host: str = Field(description="the machine")
+    detail: dict = Field(
+        description='by kind: status {"from", "to", "reason"}; model_* {"model"}; registered, removed {"by"}; '
+        'host_silent, host_back {"last_report_at", "silent_for" (seconds)}'
+    )
+
+
+class EventPage(_Out):
+    """A page of events, newest first."""
+
+    events: list[EventRow]
+    next: str | None = Field(description="pass as `cursor` for the next (older) page; null on the last page")
 
 
 class ErrorBody(_Out):

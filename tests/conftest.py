@@ -11,6 +11,7 @@ from django.test import Client
 from registry import services
 from registry.models import Token
 from registry.rows import forget_cached_models
+from registry.uptime import forget_cached_uptimes
 
 PASSWORD = "correct horse battery staple"
 
@@ -36,6 +37,7 @@ def _fresh_token_cache():
     """Token ids repeat between tests (rolled back); a cached token must not leak into the next."""
     services.forget_process_caches()
     forget_cached_models()
+    forget_cached_uptimes()
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from django.db.models import F
 from pydantic import ValidationError
 
 from registry import ollama, signals
-from registry.models import Endpoint, Host
+from registry.models import Endpoint, Event, Host
 from registry.schemas import EndpointIn, host_for_url
 from registry.services.common import NotFound, RegistryError, allowed_networks, validation_message
+from registry.services.events import endpoint_event, record_events
 from registry.services.probing import _probe_soon
 
 logger = logging.getLogger(__name__)
@@ -78,12 +79,14 @@ def register_endpoint(
     *,
     source: str = Endpoint.Source.MANUAL,
     host: str | None = None,
+    by: str = "",
     scheme: object = None,
     authorization: object = None,
 ) -> tuple[Endpoint, bool]:
     """Register the Ollama at address:port; return (endpoint, created). Manual duplicates are refused.
 
     `host` names the machine it runs on (from a sidecar's report); by default the address.
+    `by` says who asked (for the registered event): "admin token 'ci'", "user alice", ...
     `address` may be a URL: https:// (or `scheme="https"`) probes it over TLS. `authorization`
     is an Authorization header value sent with its probes (write-only: rows show has_auth).
     """
@@ -107,6 +110,7 @@ def register_endpoint(
                 existing = Endpoint.objects.get(address=spec.address, port=spec.port)
             else:
                 signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
+                record_events([endpoint_event(Event.Kind.REGISTERED, endpoint, host=host_obj.name, by=by)])
                 transaction.on_commit(lambda: _probe_soon([endpoint.id]))
                 return endpoint, True
         if source == Endpoint.Source.MANUAL:
@@ -123,7 +127,7 @@ def register_endpoint(
 MAX_BULK_ENDPOINTS = 1000
 
 
-def register_endpoints(entries: Sequence[tuple[object, ...]]) -> list[int]:
+def register_endpoints(entries: Sequence[tuple[object, ...]], *, by: str = "") -> list[int]:
     """Register many manual endpoints in one transaction, all or nothing; return their ids.
 
     Each entry is (address, port, name[, scheme[, authorization]]), as register_endpoint takes them.
@@ -175,6 +179,7 @@ def register_endpoints(entries: Sequence[tuple[object, ...]]) -> list[int]:
         )
         ids = [e.id for e in created]  # SQLite and PostgreSQL both return ids from a bulk insert
         signals.endpoints_changed.send(sender=Endpoint, ids=ids)
+        record_events(endpoint_event(Event.Kind.REGISTERED, e, host=e.address, by=by) for e in created)
         transaction.on_commit(lambda: _probe_soon(ids))
     return ids
 
@@ -232,24 +237,27 @@ def get_endpoint(endpoint_id: object) -> Endpoint:
     return endpoint
 
 
-def remove_endpoint(endpoint_id: object) -> int:
-    """Remove an endpoint (and its model rows); return its id."""
+def remove_endpoint(endpoint_id: object, *, by: str = "") -> int:
+    """Remove an endpoint (and its model rows); return its id. `by` says who (for the event)."""
     endpoint = get_endpoint(endpoint_id)
     with transaction.atomic():
         deleted, _ = Endpoint.objects.filter(id=endpoint.id).delete()
         if deleted:
             signals.endpoints_removed.send(sender=Endpoint, ids=[endpoint.id])
+            record_events([endpoint_event(Event.Kind.REMOVED, endpoint, host=endpoint.host.name, by=by)])
     _advertised.clear()
     return endpoint.id
 
 
-def remove_endpoints(ids: Iterable[int]) -> list[int]:
+def remove_endpoints(ids: Iterable[int], *, by: str = "") -> list[int]:
     """Remove several endpoints at once (admin bulk delete)."""
-    ids = list(Endpoint.objects.filter(id__in=list(ids)).values_list("id", flat=True))
     with transaction.atomic():
+        gone = list(Endpoint.objects.filter(id__in=list(ids)).select_related("host"))
+        ids = [e.id for e in gone]
         Endpoint.objects.filter(id__in=ids).delete()
         if ids:
             signals.endpoints_removed.send(sender=Endpoint, ids=ids)
+            record_events(endpoint_event(Event.Kind.REMOVED, e, host=e.host.name, by=by) for e in gone)
     _advertised.clear()
     return ids
 

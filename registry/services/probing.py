@@ -17,8 +17,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from registry import ollama, signals
-from registry.models import Endpoint, EndpointModel
+from registry.models import Endpoint, EndpointModel, Event
 from registry.services.common import PROBE_TASK, allowed_networks
+from registry.services.events import endpoint_event, record_events, status_event
 from registry.status import next_status
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,16 @@ def sweep_chunks() -> list[list[int]]:
     ids = list(Endpoint.objects.order_by("id").values_list("id", flat=True))
     size = settings.PROBE_CHUNK_SIZE
     return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def sweep_plan() -> list[tuple[float, list[int]]]:
+    """The next sweep as (delay in seconds, endpoint ids) per chunk: chunk k starts k gaps after
+    the first, the gaps spreading the chunks over PROBE_SPREAD_FRACTION of the interval. Every
+    endpoint is still probed once per interval, at the same offset each time."""
+    chunks = sweep_chunks()
+    span = settings.PROBE_INTERVAL_SECONDS * settings.PROBE_SPREAD_FRACTION
+    gap = span / len(chunks) if chunks else 0.0
+    return [(round(k * gap, 3), chunk) for k, chunk in enumerate(chunks)]
 
 
 def claim_for_probe(
@@ -183,21 +194,25 @@ def _record_batch(by_id: dict[int, ollama.ProbeResult], now: datetime) -> list[i
 
     Status/error/version/latency are written only when they changed, the status by
     compare-and-set so that a transition is reported exactly once; model rows are synchronised
-    only when the set of models or their details changed.
+    only when the set of models or their details changed. The events of the visible changes
+    (status, models added, removed, loaded, unloaded) are recorded in the same transaction.
     """
     changed: list[int] = []
+    events: list[Event] = []
     with transaction.atomic():
         Endpoint.objects.filter(id__in=list(by_id)).update(last_checked_at=now)
         try:
             with transaction.atomic():
-                changed = [e.id for e in _with_models(by_id) if _record_one(e, by_id[e.id])]
+                changed = [e.id for e in _for_recording(by_id) if _record_one(e, by_id[e.id], now, events)]
         except OperationalError:
             raise  # the database itself is busy: the caller tries the batch again
         except Exception:
             # One endpoint's odd reply must not lose the batch: redo it, one savepoint each.
-            changed = _record_each(by_id)
+            events = []
+            changed = _record_each(by_id, now, events)
         if changed:
             signals.endpoints_changed.send(sender=Endpoint, ids=changed)
+        record_events(events)
         signals.endpoints_checked.send(sender=Endpoint, ids=list(by_id), at=now)
     return changed
 
@@ -208,13 +223,18 @@ def _with_models(by_id: dict[int, ollama.ProbeResult]):
     return Endpoint.objects.filter(id__in=list(by_id)).prefetch_related("models")
 
 
+def _for_recording(by_id: dict[int, ollama.ProbeResult]):
+    """The endpoints to write, with their models and machine (events name it): the visible path only."""
+    return _with_models(by_id).select_related("host") if by_id else []
+
+
 def _planned_change(endpoint: Endpoint, result: ollama.ProbeResult) -> tuple[str, tuple | None]:
     """What recording `result` would write (read-only): "none"; "quiet" with (latency_ms,
     consecutive_failures) when only those moved; or "visible"."""
     status, fields = _probe_fields(endpoint, result)
     if status != endpoint.status or set(fields) - {"latency_ms", "consecutive_failures"}:
         return "visible", None
-    if result.ok and any(_model_plan(endpoint, result.models)):
+    if result.ok and any(_model_plan(endpoint, result.models)[:3]):
         return "visible", None
     if not fields:
         return "none", None
@@ -224,24 +244,36 @@ def _planned_change(endpoint: Endpoint, result: ollama.ProbeResult) -> tuple[str
     )
 
 
-def _record_each(by_id: dict[int, ollama.ProbeResult]) -> list[int]:
+def _record_each(by_id: dict[int, ollama.ProbeResult], now: datetime, events: list[Event]) -> list[int]:
     changed = []
-    for endpoint in _with_models(by_id):  # fresh objects: the failed attempt changed some in memory
+    for endpoint in _for_recording(by_id):  # fresh objects: the failed attempt changed some in memory
+        mine: list[Event] = []
         try:
             with transaction.atomic():
-                if _record_one(endpoint, by_id[endpoint.id]):
+                if _record_one(endpoint, by_id[endpoint.id], now, mine):
                     changed.append(endpoint.id)
         except Exception:
             logger.exception("could not record the probe of endpoint %s", endpoint.id)
+        else:
+            events += mine
     return changed
 
 
-def _record_one(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
-    visible = _apply_probe(endpoint, result)  # bumps the revision itself when visible
-    if result.ok and _sync_models(endpoint, result.models):
-        if not visible:
-            Endpoint.objects.filter(id=endpoint.id).update(revision=F("revision") + 1)
-        visible = True
+def _record_one(endpoint: Endpoint, result: ollama.ProbeResult, now: datetime, events: list[Event]) -> bool:
+    """Write one endpoint's probe; append the events of what visibly changed to `events`."""
+    old_status = endpoint.status
+    visible, new_status = _apply_probe(endpoint, result)  # bumps the revision itself when visible
+    host = endpoint.host.name
+    if new_status is not None:
+        reason = _text(result.error, 200) if new_status == Endpoint.Status.UNHEALTHY else ""
+        events.append(status_event(endpoint, old_status, new_status, reason, host=host, at=now))
+    if result.ok:
+        models_changed, news = _sync_models(endpoint, result.models)
+        events += [endpoint_event(kind, endpoint, host=host, at=now, model=name) for kind, name in news]
+        if models_changed:
+            if not visible:
+                Endpoint.objects.filter(id=endpoint.id).update(revision=F("revision") + 1)
+            visible = True
     return visible
 
 
@@ -270,17 +302,18 @@ def _probe_fields(endpoint: Endpoint, result: ollama.ProbeResult) -> tuple[str, 
     return status, {k: v for k, v in fields.items() if getattr(endpoint, k) != v}
 
 
-def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> bool:
+def _apply_probe(endpoint: Endpoint, result: ollama.ProbeResult) -> tuple[bool, str | None]:
+    """Write the probe's columns; return (visible change, the new status when it changed)."""
     status, fields = _probe_fields(endpoint, result)
     visible = status != endpoint.status or bool(set(fields) - {"consecutive_failures", "latency_ms"})
     bump = {"revision": F("revision") + 1} if visible else {}
     if status != endpoint.status:
         # Compare-and-set: only the run that sees the old status reports the transition.
         won = Endpoint.objects.filter(id=endpoint.id, status=endpoint.status).update(status=status, **fields, **bump)
-        return bool(won)
+        return bool(won), status if won else None
     if fields:
         Endpoint.objects.filter(id=endpoint.id).update(**fields, **bump)
-    return visible
+    return visible, None
 
 
 def _same(field: str, old, new) -> bool:
@@ -297,23 +330,26 @@ EXPIRES_AT_SLACK_SECONDS = 300
 _MODEL_FIELDS = EndpointModel.DETAIL_FIELDS
 
 
-def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> bool:
-    """Make the endpoint's model rows equal `models`; return whether anything changed."""
-    to_create, to_update, stale = _model_plan(endpoint, models)
+def _sync_models(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> tuple[bool, list[tuple[str, str]]]:
+    """Make the endpoint's model rows equal `models`; return (whether anything changed, the
+    (event kind, model name) pairs people would notice)."""
+    to_create, to_update, stale, news = _model_plan(endpoint, models)
     if stale:
         EndpointModel.objects.filter(id__in=stale).delete()
     if to_create:
         EndpointModel.objects.bulk_create(to_create)
     if to_update:
         EndpointModel.objects.bulk_update(to_update, _MODEL_FIELDS)
-    return bool(stale or to_create or to_update)
+    return bool(stale or to_create or to_update), news
 
 
-def _model_plan(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> tuple[list, list, list]:
-    """(rows to create, rows to update, ids to delete) to make the model rows equal `models`."""
+def _model_plan(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> tuple[list, list, list, list]:
+    """(rows to create, rows to update, ids to delete, (event kind, name) pairs) to make the model
+    rows equal `models`. The pairs: models added or removed, and loaded or unloaded."""
     current = {m.name: m for m in endpoint.models.all()}
     wanted = {_text(m.name, 200): m for m in models}
     to_create, to_update = [], []
+    news: list[tuple[str, str]] = []
     for name, info in wanted.items():
         values = {
             "digest": _text(info.digest, 100),
@@ -329,9 +365,15 @@ def _model_plan(endpoint: Endpoint, models: Iterable[ollama.ModelInfo]) -> tuple
         row = current.get(name)
         if row is None:
             to_create.append(EndpointModel(endpoint=endpoint, name=name, **values))
+            news.append((Event.Kind.MODEL_ADDED, name))
+            if info.loaded:
+                news.append((Event.Kind.MODEL_LOADED, name))
         elif any(not _same(f, getattr(row, f), values[f]) for f in _MODEL_FIELDS):
+            if row.loaded != info.loaded:
+                news.append((Event.Kind.MODEL_LOADED if info.loaded else Event.Kind.MODEL_UNLOADED, name))
             for f in _MODEL_FIELDS:
                 setattr(row, f, values[f])
             to_update.append(row)
     stale = [row.id for name, row in current.items() if name not in wanted]
-    return to_create, to_update, stale
+    news += [(Event.Kind.MODEL_REMOVED, name) for name, row in current.items() if name not in wanted]
+    return to_create, to_update, stale, news

@@ -18,10 +18,11 @@ from django.utils import timezone
 from pydantic import ValidationError
 
 from registry import signals
-from registry.models import Endpoint, Host, ResourceSnapshot, Token
+from registry.models import Endpoint, Event, Host, ResourceSnapshot, Token
 from registry.schemas import SidecarReport
 from registry.services.common import RegistryError, _networks, validation_message
 from registry.services.endpoints import _advertised, _allowed_spec, _remember
+from registry.services.events import endpoint_event, host_back_event, record_events
 from registry.services.probing import _probe_soon
 from registry.services.tokens import TokenInfo, note_token_use
 from registry.status import is_stale
@@ -163,6 +164,7 @@ def record_reports(
     3. Dashboards are told only about hosts whose shown values changed (rounded as the page
        shows them), plus a heartbeat every STALE_AFTER_SECONDS / 3 so no page thinks it stale.
     4. An advertised Ollama is registered (source auto) when it is not yet known.
+    5. A host marked silent (Host.silent_since, by mark_silent_hosts) is back: host_back event.
     """
     now = now or timezone.now()
     latest: dict[str, SidecarReport] = {}
@@ -171,20 +173,28 @@ def record_reports(
         latest[report.host] = report
     with transaction.atomic():
         hosts = _hosts_named(latest)
-        announced, history = [], []
+        announced, history, events, back = [], [], [], []
         for name, report in latest.items():
             host = hosts[name]
             if _worth_announcing(host, report, now):
                 host.announced_at = now
                 announced.append(name)
+            if host.silent_since is not None:  # read with the row anyway: no extra query
+                events.append(host_back_event(name, host.silent_since, host.last_report_at, now))
+                back.append(host.id)
             _apply_report(host, report, now)
             if host.history_at is None or (now - host.history_at).total_seconds() >= settings.RESOURCE_HISTORY_SECONDS:
                 host.history_at = now
                 history.append(_history_row(host, now))
         _update_hosts(hosts[name] for name in latest)
+        if back:
+            # Cleared by its own statement, never by the UPDATE above: a host the beat marks silent
+            # while this batch runs keeps its mark, and its next report records host_back.
+            Host.objects.filter(id__in=back).update(silent_since=None)
         if history:
             ResourceSnapshot.objects.bulk_create(history)
-        endpoint_ids = _register_advertised(latest, hosts)
+        endpoint_ids = _register_advertised(latest, hosts, events)
+        record_events(events)
         for token_id in token_ids:
             note_token_use(token_id, now=now)
         if announced:
@@ -192,7 +202,13 @@ def record_reports(
     return [endpoint_ids.get(report.host) for report in reports]
 
 
-_HOST_REPORT_FIELDS = ["hostname", "last_report_at", *Host.RESOURCE_FIELDS, "announced_at", "history_at"]
+_HOST_REPORT_FIELDS = [
+    "hostname",
+    "last_report_at",
+    *Host.RESOURCE_FIELDS,
+    "announced_at",
+    "history_at",
+]
 
 
 _HOST_DATETIMES = ("last_report_at", "announced_at", "history_at")
@@ -224,7 +240,7 @@ def _update_hosts(hosts: Iterable[_HostState]) -> None:
 
 def _hosts_named(reports: dict[str, SidecarReport]) -> dict[str, _HostState]:
     def read(names) -> dict[str, _HostState]:
-        rows = Host.objects.filter(name__in=list(names)).values("id", "name", *_HOST_REPORT_FIELDS)
+        rows = Host.objects.filter(name__in=list(names)).values("id", "name", *_HOST_REPORT_FIELDS, "silent_since")
         return {row["name"]: _HostState(**row) for row in rows}
 
     hosts = read(reports)
@@ -295,11 +311,14 @@ def _history_row(host: _HostState, now: datetime) -> ResourceSnapshot:
     )
 
 
-def _register_advertised(reports: dict[str, SidecarReport], hosts: dict[str, _HostState]) -> dict[str, int]:
+def _register_advertised(
+    reports: dict[str, SidecarReport], hosts: dict[str, _HostState], events: list[Event]
+) -> dict[str, int]:
     """Register (source auto, in bulk) the Ollama each report advertises; return host -> endpoint id.
 
     An auto endpoint follows the machine its sidecar names, and the scheme of the URL it
-    advertises (http or https); a manual one is never moved or changed.
+    advertises (http or https); a manual one is never moved or changed. A new registration
+    appends its `registered` event to `events`.
     """
     schemes: dict[str, str] = {}
     targets: dict[str, tuple[str, int]] = {}
@@ -334,6 +353,16 @@ def _register_advertised(reports: dict[str, SidecarReport], hosts: dict[str, _Ho
         )
         found = known()
     created = [found[(a, p)][0] for _, a, p in new if (a, p) in found]
+    events += [
+        endpoint_event(
+            Event.Kind.REGISTERED,
+            SimpleNamespace(id=found[(a, p)][0], name="", address=a, port=p),
+            host=n,
+            by=f"sidecar of {n}",
+        )
+        for n, a, p in new
+        if (a, p) in found
+    ]
     moved = []
     for name, target in targets.items():
         endpoint_id, host_id, source, scheme = found.get(target, (None, None, None, None))

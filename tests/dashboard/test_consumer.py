@@ -15,7 +15,7 @@ from django.test import Client
 from agentcom_site.asgi import application
 from dashboard.broadcast import EVENT_TYPE, GROUP
 from registry import services, wire
-from registry.models import Endpoint
+from registry.models import Endpoint, Event
 from registry.schemas import SidecarReport
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -94,6 +94,9 @@ async def test_operator_adds_and_removes_an_endpoint_over_the_socket(operator_ws
     await operator_ws.send_json_to({"type": "remove_llm_endpoint", "id": endpoint_id})
     assert (await receive_until(operator_ws, "llm_endpoint_removed"))["id"] == endpoint_id
     assert not await sync_to_async(Endpoint.objects.exists)()
+    # The timeline says who did it: the page's user.
+    recorded = await sync_to_async(lambda: list(Event.objects.order_by("id").values_list("kind", "detail")))()
+    assert recorded == [("registered", {"by": "user operator"}), ("removed", {"by": "user operator"})]
 
 
 async def test_bad_registration_gets_an_error_frame_and_changes_nothing(operator_ws):

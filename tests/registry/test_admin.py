@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from registry import services
-from registry.models import Endpoint, ResourceSnapshot, Token
+from registry.models import Endpoint, Event, ResourceSnapshot, Token
 from registry.schemas import SidecarReport
 
 
@@ -64,6 +64,8 @@ def test_deleting_endpoints_in_admin_removes_them(admin_client):
     )
     assert response.status_code == 302
     assert not Endpoint.objects.exists()
+    removed = Event.objects.get(kind="removed")
+    assert removed.detail == {"by": "user root (admin)"} and removed.endpoint_id == endpoint.id
 
 
 def test_resource_snapshots_are_read_only(admin_client):

@@ -175,3 +175,19 @@ def test_one_endpoint_that_cannot_be_stored_does_not_lose_the_rest_of_the_batch(
     good.refresh_from_db()
     assert good.status == "healthy"
     assert [m.name for m in good.models.all()] == ["model"]  # NUL dropped, as PostgreSQL needs
+
+
+@pytest.mark.django_db
+def test_a_sweep_is_spread_over_the_interval_and_covers_every_endpoint_once(settings):
+    """1,000 probes in one burst take the CPU from the report path: chunks start evenly across
+    PROBE_SPREAD_FRACTION of the interval, and every endpoint is in exactly one chunk."""
+    settings.PROBE_INTERVAL_SECONDS, settings.PROBE_SPREAD_FRACTION, settings.PROBE_CHUNK_SIZE = 15.0, 0.5, 100
+    host = services.register_endpoint("127.0.0.1", 1)[0].host
+    Endpoint.objects.bulk_create(Endpoint(host=host, address="127.0.0.1", port=p) for p in range(2, 251))
+    plan = services.sweep_plan()
+    assert [delay for delay, _ in plan] == [0.0, 2.5, 5.0]
+    ids = [i for _, chunk in plan for i in chunk]
+    assert sorted(ids) == sorted(Endpoint.objects.values_list("id", flat=True)) and len(ids) == 250
+
+    settings.PROBE_SPREAD_FRACTION = 0.0
+    assert {delay for delay, _ in services.sweep_plan()} == {0.0}

@@ -78,6 +78,7 @@
     lastAnnounced: "",
     announceTimer: 0,
     detailsFor: null, // {id, trigger}
+    timeline: null, // the open popover's timeline: {id, revision, box, seq}
     metrics: { apply: [], frames: 0, maxFrameChars: 0, firstRowsAt: null },
   };
   window.llmDashboard = state;
@@ -742,6 +743,7 @@
       `Source: ${row.source}`,
       `Ollama: ${row.version ? `v${row.version}` : "version unknown"}${Number.isFinite(row.latency_ms) ? `, ${row.latency_ms} ms` : ""}`,
       `Last checked: ${fmtAgo(row.last_checked_at)}`,
+      `Uptime: ${fmtUptime(row.uptime_24h)} over 24 h, ${fmtUptime(row.uptime_7d)} over 7 days`,
     ];
     parts.push(detailsSection("Endpoint", facts.map((f) => el("p", null, f))));
     const errors = entry.errors.length ? entry.errors : row.last_error ? [{ at: row.last_checked_at, error: row.last_error }] : [];
@@ -783,6 +785,7 @@
     } else {
       parts.push(detailsSection(`Resources of ${row.host}`, [el("p", null, "No sidecar reports for this host.")]));
     }
+    parts.push(timelineSection(entry));
     if (row.source === "manual" && state.canDelete) {
       const box = el("div", "details-actions");
       box.appendChild(removeButton(row, "Remove this endpoint"));
@@ -791,10 +794,98 @@
     els.detailsBody.replaceChildren(...parts);
   }
 
+  // ---- timeline: the open endpoint's events, newest first (GET /api/v1/events) ----------
+  // Fetched when the popover opens and again whenever the row's revision moves while it is open
+  // (a status or model change is an event); kept in one node across refills of the popover.
+
+  const TIMELINE_LIMIT = 20;
+
+  const fmtUptime = (p) => (Number.isFinite(p) ? `${p.toFixed(1)}%` : "no data yet");
+
+  function fmtDuration(seconds) {
+    const s = Math.max(0, Math.round(Number(seconds) || 0));
+    if (s < 120) return `${s} s`;
+    if (s < 7200) return `${Math.round(s / 60)} min`;
+    return s < 172800 ? `${Math.round(s / 3600)} h` : `${Math.round(s / 86400)} days`;
+  }
+
+  function eventText(e) {
+    const d = e.detail || {};
+    switch (e.kind) {
+      case "status":
+        return `${d.from} → ${d.to}${d.reason ? `: ${d.reason}` : ""}`;
+      case "model_added":
+        return `model ${d.model} added`;
+      case "model_removed":
+        return `model ${d.model} removed`;
+      case "model_loaded":
+        return `model ${d.model} loaded`;
+      case "model_unloaded":
+        return `model ${d.model} unloaded`;
+      case "registered":
+        return `registered${d.by ? ` by ${d.by}` : ""}`;
+      case "removed":
+        return `removed${d.by ? ` by ${d.by}` : ""}`;
+      case "host_silent":
+        return `sidecar of ${e.host} went silent (no report for ${fmtDuration(d.silent_for)})`;
+      case "host_back":
+        return `sidecar of ${e.host} reporting again after ${fmtDuration(d.silent_for)}`;
+      default:
+        return e.kind;
+    }
+  }
+
+  function renderTimeline(tl, events) {
+    const nodes = [];
+    if (!events.length) nodes.push(el("p", "details-timeline-empty", "Nothing recorded yet."));
+    else {
+      const list = el("ol", "details-timeline");
+      for (const e of events) {
+        const li = el("li", `llm-event llm-event-${String(e.kind).replace(/[^a-z_]/g, "")}`);
+        const when = el("time", "llm-event-at", fmtAgo(e.at));
+        when.dateTime = e.at;
+        when.title = new Date(e.at).toLocaleString();
+        li.append(when, el("span", "llm-event-text", eventText(e)));
+        list.appendChild(li);
+      }
+      nodes.push(list);
+    }
+    tl.box.replaceChildren(el("h4", null, "Timeline"), ...nodes);
+  }
+
+  async function loadTimeline(tl) {
+    const seq = ++tl.seq;
+    const url = `${section.dataset.eventsUrl}?endpoint=${encodeURIComponent(tl.id)}&with_host=true&limit=${TIMELINE_LIMIT}`;
+    try {
+      const reply = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
+      const page = await reply.json();
+      if (state.timeline === tl && seq === tl.seq) renderTimeline(tl, page.events || []);
+    } catch (err) {
+      if (state.timeline === tl && seq === tl.seq) {
+        tl.box.replaceChildren(el("h4", null, "Timeline"), el("p", "details-timeline-empty", "Could not load the timeline."));
+      }
+    }
+  }
+
+  function timelineSection(entry) {
+    let tl = state.timeline;
+    if (!tl || tl.id !== entry.row.id) {
+      tl = state.timeline = { id: entry.row.id, revision: null, seq: 0, box: el("section", "details-section llm-timeline") };
+      tl.box.append(el("h4", null, "Timeline"), el("p", "details-timeline-empty", "Loading…"));
+    }
+    if (tl.revision !== entry.row.revision) {
+      tl.revision = entry.row.revision;
+      loadTimeline(tl);
+    }
+    return tl.box;
+  }
+
   function openDetails(id, trigger) {
     const entry = state.entries.get(id);
     if (!entry || !els.details) return;
     state.detailsFor = { id, trigger };
+    state.timeline = null; // fetched afresh on every open
     fillDetails(entry);
     if (!els.details.matches(":popover-open")) els.details.showPopover();
     // Beside the trigger on wide screens; a bottom sheet on narrow ones (CSS).

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0005_event'),
+        ('registry', '0007_events_host_silent'),
     ]
 
     operations = [

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -145,6 +146,20 @@ def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
     except ValueError:
         raise ImproperlyConfigured(f"{name} has an invalid port: {value!r}") from None
     return value
+
+
+def env_ca_bundle(name: str) -> str:
+    """A PEM file of CA certificates (empty when unset): it must exist and hold a certificate."""
+    value = env_str(name, "").strip()
+    if not value:
+        return ""
+    try:
+        ssl.create_default_context(cafile=value)
+    except FileNotFoundError:
+        raise ImproperlyConfigured(f"{name}: no such file: {value!r}") from None
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        raise ImproperlyConfigured(f"{name}: {value!r} is not a readable PEM file of CA certificates") from None
+    return os.path.abspath(value)
 
 
 # Apprise URLs may hold commas (mailto://...?to=a@x,b@y): split on whitespace, and on a comma

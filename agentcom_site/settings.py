@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from agentcom_site import files
 from agentcom_site.env import (
     env_bool,
+    env_ca_bundle,
     env_float,
     env_header,
     env_hosts,
@@ -228,6 +229,9 @@ PROBE_CHUNK_SIZE = env_int("PROBE_CHUNK_SIZE", 100, minimum=1)
 # trickle of probes instead of one burst that takes the CPU from the report path.
 PROBE_SPREAD_FRACTION = min(env_float("PROBE_SPREAD_FRACTION", 0.5, minimum=0.0), 0.9)
 PROBE_ON_REGISTER = env_bool("PROBE_ON_REGISTER", True)
+# A PEM file of CA certificates that https endpoints' certificates are verified against,
+# instead of the system store (a private CA); read at start-up to refuse a bad path or file.
+PROBE_CA_BUNDLE = env_ca_bundle("PROBE_CA_BUNDLE")
 UNHEALTHY_AFTER_FAILURES = env_int("UNHEALTHY_AFTER_FAILURES", 2, minimum=1)
 STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)
 RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0.01)

@@ -210,7 +210,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self.send_snapshot()
 
     async def on_register(self, frame: wire.RegisterEndpointFrame) -> None:
-        endpoint = await database_sync_to_async(self._register)(frame.address, frame.port, frame.name, self.actor)
+        endpoint = await database_sync_to_async(self._register)(frame, self.actor)
         await self.send_json({"type": "llm_endpoint_registered", "endpoint": endpoint})
 
     async def on_remove(self, frame: wire.RemoveEndpointFrame) -> None:
@@ -230,8 +230,15 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         return f"user {self.user.get_username()}"
 
     @staticmethod
-    def _register(address: str, port: int, name: str, by: str) -> dict:
-        endpoint, _ = services.register_endpoint(address, port, name, by=by)
+    def _register(frame: wire.RegisterEndpointFrame, by: str) -> dict:
+        endpoint, _ = services.register_endpoint(
+            frame.address,
+            frame.port,
+            frame.name,
+            by=by,
+            scheme=frame.scheme,
+            authorization=frame.authorization_value,
+        )
         return services.endpoint_rows([endpoint.id])[0]
 
     async def has_perm(self, perm: str) -> bool:

@@ -4,10 +4,15 @@ Each endpoint is a real listening socket that speaks Ollama's documented replies
 (`/`, `/api/version`, `/api/tags`, `/api/ps`). A control API on its own port lets other
 processes list, add, change and remove endpoints while the fleet runs:
 
-    GET    /endpoints                      -> [{host, port, url, mode, delay, period, version, models, loaded}]
-    POST   /endpoints                      {host?, port?, models?, loaded?, mode?, delay?, period?, version?}
-    PATCH  /endpoints/{host}:{port}        {mode?, delay?, period?, version?, models?, loaded?}
+    GET    /endpoints                      -> [{host, port, url, mode, delay, period, version, models, loaded, tls}]
+    POST   /endpoints                      {host?, port?, models?, loaded?, mode?, delay?, period?, version?,
+                                            certfile?, keyfile?, auth?}
+    PATCH  /endpoints/{host}:{port}        {mode?, delay?, period?, version?, models?, loaded?, auth?}
     DELETE /endpoints/{host}:{port}
+
+TLS: an endpoint given `certfile` and `keyfile` (PEM paths; CLI `--cert`/`--key`) serves HTTPS
+and its url says https://. An endpoint given `auth` answers 401 to any request whose
+Authorization header is not exactly that value (changeable with PATCH).
 
 Modes: healthy; slow (each reply after `delay` s); hang (accept, never answer); http500;
 invalid_json; oversized (2 MiB of valid JSON, chunked, no Content-Length); redirect (302 to
@@ -19,7 +24,7 @@ rendered exactly as given (pass "llama3:8b" to get a tag).
     python -m devtools.fake_ollama --count 20 --base-port 21000 --models llama3,mistral
     python -m devtools.fake_ollama --spec demo.json --control-port 11500
 
-A spec file is `{"endpoints": [{"host", "port", "models", "loaded", "mode", "delay", "period"}]}`
+A spec file is `{"endpoints": [{"host", "port", "models", "loaded", "mode", "delay", "period", ...}]}`
 (or just the list). The CLI prints one `http://host:port` per endpoint, then `control: URL` last.
 """
 
@@ -36,6 +41,7 @@ import logging
 import re
 import resource
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -67,13 +73,16 @@ class FakeEndpoint:
     delay: float = 1.0  # seconds, for mode "slow"
     period: float = 10.0  # seconds, for mode "flapping"
     version: str = DEFAULT_VERSION
+    certfile: str = ""  # with keyfile: serve HTTPS with this certificate
+    keyfile: str = ""
+    auth: str = ""  # when set, the Authorization header every request must carry (else 401)
     server: asyncio.Server | None = None
     _tags: bytes | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.certfile else 'http'}://{host}:{self.port}"
 
     def current_mode(self) -> str:
         """Return the mode in force now (flapping alternates healthy and http500)."""
@@ -107,6 +116,8 @@ class FakeEndpoint:
             "version": self.version,
             "models": list(self.models),
             "loaded": list(self.loaded),
+            "tls": bool(self.certfile),
+            "auth": bool(self.auth),  # whether one is required, not what it is
         }
 
 
@@ -263,7 +274,7 @@ class FakeFleet:
         ep = self._endpoints[(host, port)]
         if "mode" in changes:
             _check_mode(changes["mode"])
-        for key in ("mode", "delay", "period", "version", "models", "loaded"):
+        for key in _CHANGEABLE:
             if key in changes:
                 setattr(ep, key, changes[key])
         ep._tags = None
@@ -285,7 +296,8 @@ class FakeFleet:
     async def _listen(self, ep: FakeEndpoint) -> None:
         if self._http is None:
             self._http = web.Server(self._handle, handler_cancellation=True, access_log=None)
-        ep.server = await asyncio.get_running_loop().create_server(self._http, ep.host, ep.port, backlog=1024)
+        tls = _server_context(ep.certfile, ep.keyfile) if ep.certfile else None
+        ep.server = await asyncio.get_running_loop().create_server(self._http, ep.host, ep.port, backlog=1024, ssl=tls)
         ep.host, ep.port = ep.server.sockets[0].getsockname()[:2]
 
     async def _listing(self) -> list[dict[str, Any]]:
@@ -309,6 +321,8 @@ class FakeFleet:
             if request.transport is not None:
                 request.transport.close()
             return web.Response(status=503)
+        if ep.auth and request.headers.get("Authorization") != ep.auth:
+            return _json({"error": "unauthorized"}, status=401)
         if mode == "hang":
             await asyncio.Event().wait()  # cancelled when the client gives up
         if mode == "slow":
@@ -353,7 +367,7 @@ class FakeFleet:
 
     async def _add_view(self, request: web.Request) -> web.Response:
         try:
-            spec = _spec(await request.json(), ("host", "port", *_CHANGEABLE))
+            spec = _spec(await request.json(), ("host", "port", "certfile", "keyfile", *_CHANGEABLE))
             host, port = await self.add_async(**spec)
         except (ValueError, TypeError, OSError) as exc:
             return _json({"error": "invalid", "detail": str(exc)}, status=400)
@@ -377,7 +391,15 @@ class FakeFleet:
         return web.Response(status=204)
 
 
-_CHANGEABLE = ("mode", "delay", "period", "version", "models", "loaded")
+_CHANGEABLE = ("mode", "delay", "period", "version", "models", "loaded", "auth")
+
+
+@functools.cache
+def _server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """One server context per certificate (a fleet of 1,000 endpoints may share one)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
 
 
 def _check_mode(mode: str) -> None:
@@ -394,6 +416,9 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "period": (int, float),
     "models": (list,),
     "loaded": (list,),
+    "certfile": (str,),
+    "keyfile": (str,),
+    "auth": (str,),
 }
 
 
@@ -444,6 +469,10 @@ def _cli_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     loaded = [m for m in args.loaded.split(",") if m]
     for i in range(count):
         spec = {"models": models, "loaded": loaded, "mode": args.mode}
+        if args.cert:
+            spec.update(certfile=args.cert, keyfile=args.key)
+        if args.auth:
+            spec.update(auth=args.auth)
         if args.address_base:
             spec.update(host=str(ipaddress.ip_address(args.address_base) + i), port=args.port)
         else:
@@ -469,7 +498,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-port", type=int, default=11500)
     parser.add_argument("--control-host", default="127.0.0.1")
     parser.add_argument("--spec", help="JSON file listing endpoints")
+    parser.add_argument("--cert", help="PEM certificate (chain): serve HTTPS (with --key)")
+    parser.add_argument("--key", help="PEM private key of --cert")
+    parser.add_argument("--auth", help="Authorization header value every request must carry (else 401)")
     args = parser.parse_args(argv)
+    if bool(args.cert) != bool(args.key):
+        parser.error("--cert and --key go together")
     logging.basicConfig(level=logging.WARNING)
 
     fleet = FakeFleet(args.control_host, args.control_port).start()

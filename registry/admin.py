@@ -17,9 +17,33 @@ def _by(request) -> str:
 
 
 class EndpointForm(forms.ModelForm):
-    """The address is typed as text (name, IP or URL); the service finds or creates the Host row."""
+    """The address is typed as text (name, IP or URL); the service finds or creates the Host row.
 
-    address = forms.CharField(label="Address", max_length=300, help_text="Host name, IP address or URL.")
+    The Authorization header is write-only: the form never shows it (blank keeps what is stored).
+    """
+
+    address = forms.CharField(
+        label="Address",
+        max_length=300,
+        help_text="Host name, IP address or URL; https://gpu-02:11434 is probed over TLS.",
+    )
+    scheme = forms.ChoiceField(
+        choices=Endpoint.Scheme.choices,
+        help_text="https: probed over TLS, the certificate verified (system store or PROBE_CA_BUNDLE).",
+    )
+    # Not named after the model field: that one is not editable, so the admin would refuse it.
+    authorization_header = forms.CharField(
+        label="Authorization header",
+        required=False,
+        strip=False,
+        max_length=2048,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Sent with every probe, for an Ollama behind an authenticating proxy (e.g. "
+        "<code>Bearer abc123</code>). Never shown again; leave blank to keep the stored one.",
+    )
+    remove_authorization = forms.BooleanField(
+        label="Remove the Authorization header", required=False, help_text="Probe without it from now on."
+    )
 
     class Meta:
         model = Endpoint
@@ -30,14 +54,29 @@ class EndpointForm(forms.ModelForm):
         if self.instance.pk:
             self.fields["address"].initial = self.instance.address
             self.fields["address"].disabled = True
+            self.fields["scheme"].initial = self.instance.scheme
+            if self.instance.has_auth:
+                self.fields["authorization_header"].help_text += " One is stored now."
+        else:
+            # A new endpoint's scheme comes from its address: https://... or plain http.
+            del self.fields["scheme"]
+            del self.fields["remove_authorization"]
 
     def clean(self):
         data = super().clean()
+        authorization = data.get("authorization_header") or None  # blank: keep (or none)
+        if data.get("remove_authorization"):
+            if authorization:
+                raise ValidationError("Give a new Authorization header or remove it, not both.")
+            authorization = ""
+        data["authorization_header"] = authorization
         try:
             if self.instance.pk:
-                services.parse_endpoint(self.instance.address, data.get("port"), data.get("name", ""))
+                services.parse_endpoint(self.instance.address, data.get("port"), data.get("name", ""), authorization)
             else:
-                services.check_registrable(data.get("address", ""), data.get("port"), data.get("name", ""))
+                services.check_registrable(
+                    data.get("address", ""), data.get("port"), data.get("name", ""), authorization=authorization
+                )
         except services.RegistryError as exc:
             raise ValidationError(exc.detail) from None
         return data
@@ -46,8 +85,19 @@ class EndpointForm(forms.ModelForm):
 @admin.register(Endpoint)
 class EndpointAdmin(admin.ModelAdmin):
     form = EndpointForm
-    list_display = ["status", "address", "port", "name", "model_count", "source", "host_name", "last_checked_at"]
-    list_filter = ["status", "source"]
+    list_display = [
+        "status",
+        "scheme",
+        "address",
+        "port",
+        "name",
+        "model_count",
+        "source",
+        "host_name",
+        "auth_set",
+        "last_checked_at",
+    ]
+    list_filter = ["status", "source", "scheme"]
     search_fields = ["address", "host__name", "name"]
     readonly_fields = [
         "source",
@@ -64,6 +114,12 @@ class EndpointAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("host").annotate(_models=Count("models"))
 
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if obj is None:  # a new endpoint's scheme comes from its address; nothing to remove yet
+            fields = [f for f in fields if f not in ("scheme", "remove_authorization")]
+        return fields
+
     def get_actions(self, request):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)  # replaced by remove_selected, which uses services
@@ -73,6 +129,10 @@ class EndpointAdmin(admin.ModelAdmin):
     def host_name(self, obj: Endpoint) -> str:
         return obj.host.name
 
+    @admin.display(description="auth header", boolean=True)
+    def auth_set(self, obj: Endpoint) -> bool:
+        return obj.has_auth  # whether one is stored, never what it is
+
     @admin.display(description="models", ordering="_models")
     def model_count(self, obj: Endpoint) -> int:
         return obj._models
@@ -81,9 +141,21 @@ class EndpointAdmin(admin.ModelAdmin):
         data = form.cleaned_data
         try:
             if change:
-                saved = services.update_endpoint(obj.pk, port=data["port"], name=data["name"])
+                saved = services.update_endpoint(
+                    obj.pk,
+                    port=data["port"],
+                    name=data["name"],
+                    scheme=data["scheme"],
+                    authorization=data["authorization_header"],
+                )
             else:
-                saved, _ = services.register_endpoint(data["address"], data["port"], data["name"], by=_by(request))
+                saved, _ = services.register_endpoint(
+                    data["address"],
+                    data["port"],
+                    data["name"],
+                    by=_by(request),
+                    authorization=data["authorization_header"],
+                )
         except services.RegistryError as exc:
             # The form checked this already; only a concurrent change can land here.
             self.message_user(request, exc.detail, messages.ERROR)

@@ -226,12 +226,22 @@ def list_endpoints(
 )
 def create_endpoint(request, payload: Body[EndpointsIn]):
     """Register an Ollama endpoint (host or URL, port, optional name), or a list of up to 1,000
-    at once (all or nothing: one bad or duplicate entry registers none); probed at once."""
+    at once (all or nothing: one bad or duplicate entry registers none); probed at once. A host
+    given as https://... is probed over TLS; `authorization` (write-only) is sent with its probes."""
     _require_perm(request, "registry.add_endpoint")
     if isinstance(payload, list):
-        ids = services.register_endpoints([(p.address, p.port, p.name) for p in payload], by=_by(request))
+        ids = services.register_endpoints(
+            [(p.address, p.port, p.name, p.scheme, p.authorization_value) for p in payload], by=_by(request)
+        )
         return _send(request, services.endpoint_rows(ids), 201)
-    endpoint, _ = services.register_endpoint(payload.address, payload.port, payload.name, by=_by(request))
+    endpoint, _ = services.register_endpoint(
+        payload.address,
+        payload.port,
+        payload.name,
+        by=_by(request),
+        scheme=payload.scheme,
+        authorization=payload.authorization_value,
+    )
     return _send(request, services.endpoint_rows([endpoint.id])[0], 201)
 
 

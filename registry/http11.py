@@ -45,7 +45,15 @@ Windows). Pausing the collector saves 9-21% more (its passes are ~14% of a sweep
 defers almost nothing: 900 healthy or refused probes leave no cyclic garbage at all, and a
 failed reply (500, redirect, oversized) only some 10 objects.
 
-Safety here: no proxies (environment ignored), redirects, cookies, TLS or decompression; at
+TLS: an endpoint registered as https:// is probed over TLS (stdlib ssl, over the same asyncio
+stream), its certificate verified against the system store or the CA bundle PROBE_CA_BUNDLE
+names, its name (or, for an IP literal, its address) checked against the certificate. One
+SSLContext per process and bundle: building one reads the whole store (milliseconds), so it
+is made once and rebuilt only when the bundle file changes. A failed verification is a short
+sentence ("certificate not trusted", "certificate does not match the host name"), never a raw
+OpenSSL message. Plain-HTTP connections take none of this path.
+
+Safety here: no proxies (environment ignored), redirects, cookies or decompression; at
 most 1 MiB of body per reply, streamed and counted (a Content-Length over it is refused at the
 head, and is otherwise only an upper bound), at most 64 KiB of head and 1 MiB + 128 KiB on the
 wire; llhttp refuses what could smuggle a second reply (two Content-Lengths, Content-Length
@@ -58,7 +66,10 @@ the IP it is given.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -91,6 +102,12 @@ class Target(Protocol):
     @property
     def port(self) -> int: ...
 
+    @property
+    def scheme(self) -> str: ...  # "http" or "https"
+
+    @property
+    def authorization(self) -> str: ...  # an Authorization header value to send, or ""
+
 
 _HEAD_LIMIT = 64 * 1024  # bytes of status line + headers (of interim 1xx replies too)
 # Bytes on the wire per reply: the body's 1 MiB plus room for the head, chunk framing and
@@ -114,21 +131,29 @@ ConnectionFactory = Callable[[str, Target], Connection]  # (allowed ip, target) 
 class Http11Connection:
     """GETs over one kept-alive HTTP/1.1 connection to an IP, naming the registered Host.
 
-    No proxies, redirects, cookies, TLS or decompression; the body is capped while it streams.
+    No proxies, redirects, cookies or decompression; the body is capped while it streams. An
+    https target is spoken to over TLS, verified against `ca_bundle` (else the system store).
     """
 
-    def __init__(self, ip: str, target: Target) -> None:
+    def __init__(self, ip: str, target: Target, *, ca_bundle: str = "") -> None:
         self._address = (ip, target.port)
         self._headers = b"Host: %s\r\nAccept: application/json\r\nAccept-Encoding: identity\r\nUser-Agent: %s\r\n" % (
             host_header(target.address, target.port),
             USER_AGENT,
         )
+        if target.authorization:
+            self._headers += b"Authorization: %s\r\n" % authorization_header(target.authorization)
+        # The name the certificate must carry: for an IP literal, an IP address SAN.
+        self._tls = (target.address.strip("[]"), ca_bundle) if target.scheme == "https" else None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def get(self, path: str, *, last: bool = False) -> tuple[int, bytes]:
         if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(*self._address)
+            if self._tls is None:
+                self._reader, self._writer = await asyncio.open_connection(*self._address)
+            else:
+                self._reader, self._writer = await open_tls(self._address, *self._tls)
         assert self._reader is not None
         # On the last request the server closes first, so TIME_WAIT sockets pile up there, not here.
         close = b"Connection: close\r\n" if last else b""
@@ -148,20 +173,87 @@ class Http11Connection:
         self._reader = self._writer = None
 
 
+def http11_connections(ca_bundle: str = "") -> ConnectionFactory:
+    """Return the default connection factory, verifying TLS against `ca_bundle` (else the system store)."""
+    return functools.partial(Http11Connection, ca_bundle=ca_bundle) if ca_bundle else Http11Connection
+
+
+async def open_tls(
+    address: tuple[str, int], server_hostname: str, ca_bundle: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to `address` over TLS, verifying the certificate for `server_hostname`."""
+    context = tls_context(ca_bundle)
+    try:
+        return await asyncio.open_connection(*address, ssl=context, server_hostname=server_hostname)
+    except ssl.SSLCertVerificationError as exc:
+        raise OllamaError(certificate_error(exc)) from None
+    except ssl.SSLError:
+        raise OllamaError("TLS handshake failed") from None
+
+
+# OpenSSL's X509_V_ERR_* codes that deserve their own sentence; every other failure of
+# verification (unknown issuer, self-signed, bad signature, ...) is "certificate not trusted".
+_X509_EXPIRED, _X509_NOT_YET_VALID, _X509_HOSTNAME_MISMATCH, _X509_IP_MISMATCH = 10, 9, 62, 64
+
+
+def certificate_error(exc: ssl.SSLCertVerificationError) -> str:
+    """A short sentence for a certificate the probe refused."""
+    code = exc.verify_code
+    if code == _X509_HOSTNAME_MISMATCH:
+        return "certificate does not match the host name"
+    if code == _X509_IP_MISMATCH:
+        return "certificate does not match the IP address"
+    if code == _X509_EXPIRED:
+        return "certificate expired"
+    if code == _X509_NOT_YET_VALID:
+        return "certificate not yet valid"
+    return "certificate not trusted"
+
+
+def tls_context(ca_bundle: str = "") -> ssl.SSLContext:
+    """The process's client context for `ca_bundle` ("" = the system store), rebuilt when the file changes."""
+    if not ca_bundle:
+        return _tls_context("", 0)
+    try:
+        changed = os.stat(ca_bundle).st_mtime_ns
+    except OSError:
+        raise OllamaError("the CA bundle (PROBE_CA_BUNDLE) cannot be read") from None
+    return _tls_context(ca_bundle, changed)
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(ca_bundle: str, changed: int) -> ssl.SSLContext:
+    try:
+        # Verification on, host names checked, TLS 1.2 or newer: the library's defaults.
+        return ssl.create_default_context(cafile=ca_bundle or None)
+    except (OSError, ValueError):  # ssl.SSLError is an OSError: a file that holds no certificate
+        raise OllamaError("the CA bundle (PROBE_CA_BUNDLE) cannot be read") from None
+
+
+def authorization_header(value: str) -> bytes:
+    """The Authorization value as header bytes; refuses what could break out of one header line."""
+    if not value.isascii() or not value.isprintable():
+        raise OllamaError("the stored Authorization header is not valid")  # never quote the value
+    return value.encode("ascii")
+
+
 class HttpxConnection:
     """The same over any httpx transport (httpx.MockTransport in tests, AiohttpTransport, ...)."""
 
     def __init__(self, transport: httpx.AsyncBaseTransport, ip: str, target: Target) -> None:
         self._transport, self._ip, self._port = transport, ip, target.port
+        self._scheme = target.scheme
         self._headers = [
             (b"Host", host_header(target.address, target.port)),
             (b"Accept", b"application/json"),
             (b"Accept-Encoding", b"identity"),
             (b"User-Agent", USER_AGENT),
         ]
+        if target.authorization:
+            self._headers.append((b"Authorization", authorization_header(target.authorization)))
 
     async def get(self, path: str, *, last: bool = False) -> tuple[int, bytes]:
-        url = httpx.URL(scheme="http", host=self._ip, port=self._port, path=path)
+        url = httpx.URL(scheme=self._scheme, host=self._ip, port=self._port, path=path)
         response = await self._transport.handle_async_request(httpx.Request("GET", url, headers=self._headers))
         try:
             body = await read_capped(_raw_body(response)) if response.status_code == 200 else b""

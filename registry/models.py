@@ -63,12 +63,21 @@ class Endpoint(models.Model):
         HEALTHY = "healthy", "healthy"
         UNHEALTHY = "unhealthy", "unhealthy"
 
+    class Scheme(models.TextChoices):
+        HTTP = "http", "http"
+        HTTPS = "https", "https (TLS, certificate verified)"
+
     # The machine (resources attach there) and the address the hub connects to: the same
     # text for a manual registration, but a sidecar may name its machine "gpu-01" while
     # advertising its Ollama at 10.0.0.2.
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="endpoints")
     address = models.CharField(max_length=253, help_text="Host name or IP address the hub connects to.")
     port = models.PositiveIntegerField(default=11434)
+    scheme = models.CharField(max_length=5, choices=Scheme.choices, default=Scheme.HTTP)
+    # The value of an Authorization header sent with every probe (an Ollama behind an
+    # authenticating proxy). Write-only: stored as given (the probe must send it), never put in
+    # a row, frame, log or admin page; readers see only whether it is set (rows' has_auth).
+    authorization = models.CharField(max_length=2048, blank=True, editable=False)
     name = models.CharField(max_length=100, blank=True)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.MANUAL)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.UNKNOWN)
@@ -96,11 +105,15 @@ class Endpoint(models.Model):
 
     @property
     def url(self) -> str:
-        return self.url_for(self.address, self.port)
+        return self.url_for(self.address, self.port, self.scheme)
+
+    @property
+    def has_auth(self) -> bool:
+        return bool(self.authorization)
 
     @staticmethod
-    def url_for(address: str, port: int) -> str:
-        return f"http://{host_for_url(address)}:{port}"
+    def url_for(address: str, port: int, scheme: str = "http") -> str:
+        return f"{scheme}://{host_for_url(address)}:{port}"
 
 
 class EndpointModel(models.Model):

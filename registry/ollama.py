@@ -13,7 +13,10 @@ reads at most 1 MiB per reply (streamed and counted; a Content-Length is only an
 validates each reply's shape, and checks the address it actually connects to: it resolves the
 name itself, refuses if any address is outside the allowlist (link-local always), and connects
 to that IP with the original Host header, so a DNS change between check and connect cannot
-dodge the check.
+dodge the check. The same holds over TLS (https endpoints), where the certificate must also be
+trusted (system store or PROBE_CA_BUNDLE) and match the registered name or address. An
+endpoint's Authorization header (for a proxy in front of Ollama) is sent with its three GETs and
+never appears in a result, an error or a log line.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import errno
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
@@ -41,6 +45,7 @@ from registry.http11 import Http11Connection as Http11Connection
 from registry.http11 import HttpxConnection as HttpxConnection
 from registry.http11 import OllamaError as OllamaError
 from registry.http11 import host_header as host_header
+from registry.http11 import http11_connections as http11_connections
 from registry.http11 import httpx_connections as httpx_connections
 from registry.http11 import read_capped as read_capped
 from registry.http11 import run_sweep
@@ -125,6 +130,8 @@ class ProbeTarget:
     id: int
     address: str
     port: int
+    scheme: str = "http"  # "https": over TLS, certificate verified
+    authorization: str = field(default="", repr=False)  # a secret: never in a repr or a log line
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +295,8 @@ def describe_error(exc: BaseException) -> str:
     while seen is not None:
         if isinstance(seen, OllamaError):
             return str(seen)
+        if isinstance(seen, ssl.SSLError):  # an OSError too, with OpenSSL's codes in errno
+            return "TLS error"
         if isinstance(seen, ConnectionResetError | BrokenPipeError | httpx.ReadError):
             return "connection closed by the server"
         if isinstance(seen, httpx.RemoteProtocolError):
@@ -363,14 +372,17 @@ async def probe(
     *,
     timeout: float,
     allowed: Iterable[Network] | str,
-    connect: ConnectionFactory = Http11Connection,
+    connect: ConnectionFactory | None = None,
+    ca_bundle: str = "",
 ) -> ProbeResult:
-    """Probe one endpoint within `timeout` seconds in total; never raises."""
+    """Probe one endpoint within `timeout` seconds in total; never raises.
+
+    https targets are verified against `ca_bundle` (a PEM file; "" = the system store)."""
     try:
         networks = _networks(allowed)
     except ValueError as exc:
         return _failure(target, str(exc))
-    return await _probe(target, timeout, networks, connect)
+    return await _probe(target, timeout, networks, connect or http11_connections(ca_bundle))
 
 
 async def probe_many(
@@ -379,7 +391,8 @@ async def probe_many(
     timeout: float,
     allowed: Iterable[Network] | str,
     concurrency: int = 500,
-    connect: ConnectionFactory = Http11Connection,
+    connect: ConnectionFactory | None = None,
+    ca_bundle: str = "",
 ) -> list[ProbeResult]:
     """Probe all targets concurrently, at most `concurrency` at once; results in target order.
 
@@ -392,6 +405,7 @@ async def probe_many(
     except ValueError as exc:
         return [_failure(target, str(exc)) for target in targets]
     gate = asyncio.Semaphore(concurrency)
+    connect = connect or http11_connections(ca_bundle)
 
     async def one(target: ProbeTarget) -> ProbeResult:
         async with gate:
@@ -401,7 +415,14 @@ async def probe_many(
 
 
 def probe_many_sync(
-    targets: Iterable[ProbeTarget], *, timeout: float, allowed: Iterable[Network] | str, concurrency: int = 500
+    targets: Iterable[ProbeTarget],
+    *,
+    timeout: float,
+    allowed: Iterable[Network] | str,
+    concurrency: int = 500,
+    ca_bundle: str = "",
 ) -> list[ProbeResult]:
     """Run probe_many from synchronous code (a Celery task, a management command)."""
-    return run_sweep(probe_many(targets, timeout=timeout, allowed=allowed, concurrency=concurrency))
+    return run_sweep(
+        probe_many(targets, timeout=timeout, allowed=allowed, concurrency=concurrency, ca_bundle=ca_bundle)
+    )

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from registry.models import Endpoint, EndpointModel, Host
@@ -24,6 +24,7 @@ _ENDPOINT_COLUMNS = (
     "id",
     "address",
     "port",
+    "scheme",
     "name",
     "source",
     "status",
@@ -99,6 +100,10 @@ def filter_endpoints(qs: QuerySet, *, status: str = "", model: str = "", q: str 
     return qs
 
 
+# Whether an Authorization header is stored, computed in SQL: the secret itself is never read here.
+_HAS_AUTH = ExpressionWrapper(~Q(authorization=""), output_field=BooleanField())
+
+
 def endpoint_rows(ids: Iterable[int] | None = None, *, endpoints: QuerySet | None = None) -> list[dict]:
     """Endpoints as the API and the dashboard show them (registry.wire.EndpointRow).
 
@@ -110,7 +115,7 @@ def endpoint_rows(ids: Iterable[int] | None = None, *, endpoints: QuerySet | Non
     qs = Endpoint.objects.all() if endpoints is None else endpoints
     if ids is not None:
         qs = qs.filter(id__in=list(ids))
-    values = list(qs.values(*_ENDPOINT_COLUMNS, host_name=F("host__name")))
+    values = list(qs.values(*_ENDPOINT_COLUMNS, host_name=F("host__name"), has_auth=_HAS_AUTH))
     keys = {e["id"]: (e["id"], e["revision"], e["registered_at"]) for e in values}
     models = _model_lists(keys, complete=complete)
     ups = uptimes(((e["id"], e["status"], e["registered_at"]) for e in values), timezone.now(), complete=complete)
@@ -120,8 +125,10 @@ def endpoint_rows(ids: Iterable[int] | None = None, *, endpoints: QuerySet | Non
             "host": e["host_name"],
             "address": e["address"],
             "port": e["port"],
+            "scheme": e["scheme"],
+            "has_auth": e["has_auth"],
             "name": e["name"],
-            "url": Endpoint.url_for(e["address"], e["port"]),
+            "url": Endpoint.url_for(e["address"], e["port"], e["scheme"]),
             "source": e["source"],
             "status": e["status"],
             "last_error": e["last_error"],

@@ -10,7 +10,18 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from agentcom_sidecar.report import (
     DEFAULT_OLLAMA_PORT,
@@ -23,6 +34,7 @@ from agentcom_sidecar.report import (
     host_for_url,
     plain_text,
     split_host,
+    split_url,
 )
 
 __all__ = [
@@ -38,9 +50,29 @@ __all__ = [
     "host_for_url",
     "plain_text",
     "split_host",
+    "split_url",
 ]
 
 MAX_BODY_BYTES = 64 * 1024
+
+SCHEMES = ("http", "https")
+# An Authorization header value the probe may send: visible ASCII with inner spaces, no CR/LF
+# (which would end the header and start another), at most AUTHORIZATION_MAX_LENGTH characters.
+AUTHORIZATION_PATTERN = "^(?:[!-~](?:[ -~]*[!-~])?)?$"
+AUTHORIZATION_MAX_LENGTH = 2048
+_AUTHORIZATION_RE = re.compile(AUTHORIZATION_PATTERN)
+
+
+def check_authorization(value: str) -> str:
+    """Refuse a header value that could not be sent as one header line (never quoting the value)."""
+    if len(value) > AUTHORIZATION_MAX_LENGTH:
+        raise ValueError(f"authorization must be at most {AUTHORIZATION_MAX_LENGTH} characters")
+    if not _AUTHORIZATION_RE.fullmatch(value):
+        raise ValueError(
+            "authorization must be one header value: visible ASCII characters and inner spaces, "
+            "no line breaks, no leading or trailing spaces"
+        )
+    return value
 
 
 _PORT_SCHEMA = {
@@ -65,7 +97,8 @@ class EndpointIn(BaseModel):
         alias="host",
         max_length=253,
         description="Host name, IP address (IPv6 bare or in brackets), `host:port`, or a URL such as "
-        "http://gpu-01:11434/ (a port in it wins over `port`)",
+        "http://gpu-01:11434/ (a port in it wins over `port`); https://gpu-02:11434 probes over TLS "
+        "(a bare host is probed over plain HTTP)",
         json_schema_extra={"pattern": HOST_PATTERN},
     )
     port: Annotated[int | str | None, WithJsonSchema(_PORT_SCHEMA)] = Field(
@@ -77,6 +110,33 @@ class EndpointIn(BaseModel):
         description="Optional display name (no control characters)",
         json_schema_extra={"pattern": NAME_PATTERN},
     )
+
+    authorization: SecretStr | None = Field(
+        default=None,
+        description="Optional value of an Authorization header sent with every probe (e.g. `Bearer abc`), "
+        "for an Ollama behind an authenticating proxy; write-only: never shown again (rows say `has_auth`)",
+        json_schema_extra={"pattern": AUTHORIZATION_PATTERN, "maxLength": AUTHORIZATION_MAX_LENGTH},
+    )
+    _scheme: str | None = PrivateAttr(default=None)
+
+    @field_validator("authorization", mode="before")
+    @classmethod
+    def _authorization_text(cls, value):
+        if value is None or isinstance(value, SecretStr):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("authorization must be text")
+        return check_authorization(value)
+
+    @property
+    def scheme(self) -> str | None:
+        """ "http" or "https" when `host` was a URL, else None (the caller's default applies)."""
+        return self._scheme
+
+    @property
+    def authorization_value(self) -> str | None:
+        """The Authorization header value, None when not given ("" when given empty)."""
+        return None if self.authorization is None else self.authorization.get_secret_value()
 
     @field_validator("address", mode="before")
     @classmethod
@@ -109,7 +169,8 @@ class EndpointIn(BaseModel):
 
     @model_validator(mode="after")
     def _normalise(self) -> EndpointIn:
-        address, port = split_host(self.address, self.port)
+        scheme, address, port = split_url(self.address, self.port)
+        self._scheme = scheme
         self.address = address
         self.port = port or DEFAULT_OLLAMA_PORT
         self.name = (self.name or "").strip()

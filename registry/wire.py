@@ -50,8 +50,10 @@ class EndpointRow(_Out):
     host: str = Field(description="the machine (its resources are keyed by this name)")
     address: str = Field(description="host name or IP the hub connects to; usually equal to host")
     port: int
+    scheme: str = Field(description="http, or https: probed over TLS with the certificate verified")
+    has_auth: bool = Field(description="probes send an Authorization header (its value is never shown)")
     name: str = Field(description="display name, may be empty")
-    url: str = Field(description="http://address:port")
+    url: str = Field(description="scheme://address:port")
     source: str = Field(description="manual (registered by a person) or auto (reported by a sidecar)")
     status: str = Field(description="unknown until the first probe answers, then healthy or unhealthy")
     last_error: str = Field(description="why the last probe failed; empty after a success")

@@ -20,24 +20,39 @@ from registry.services.probing import _probe_soon
 logger = logging.getLogger(__name__)
 
 
-def parse_endpoint(address: object, port: object = None, name: object = "") -> EndpointIn:
+def parse_endpoint(address: object, port: object = None, name: object = "", authorization: object = None) -> EndpointIn:
     """Validate raw endpoint input (from any caller) or raise RegistryError."""
     try:
-        return EndpointIn.model_validate({"host": address, "port": port, "name": name})
+        return EndpointIn.model_validate({"host": address, "port": port, "name": name, "authorization": authorization})
     except ValidationError as exc:
         raise RegistryError("invalid_endpoint", validation_message(exc)) from None
 
 
-def _allowed_spec(address: object, port: object, name: object) -> EndpointIn:
-    """Validate an endpoint's shape and refuse a literal address outside the allowed networks."""
-    spec = parse_endpoint(address, port, name)
+def _scheme(spec: EndpointIn, scheme: object) -> str:
+    """The scheme to probe with: the URL's (like its port, it wins), else `scheme`, else http."""
+    if spec.scheme:
+        return spec.scheme
+    if scheme in (None, ""):
+        return Endpoint.Scheme.HTTP
+    if scheme not in Endpoint.Scheme.values:
+        raise RegistryError("invalid_endpoint", "scheme must be http or https.")
+    return str(scheme)
+
+
+def _allowed_spec(
+    address: object, port: object, name: object, scheme: object = None, authorization: object = None
+) -> tuple[EndpointIn, str]:
+    """Validate an endpoint's shape and refuse a literal address outside the allowed networks;
+    return it with the scheme to probe it with."""
+    spec = parse_endpoint(address, port, name, authorization)
+    chosen = _scheme(spec, scheme)
     refusal = ollama.literal_refusal(spec.address, allowed_networks())
     if refusal:
         raise RegistryError(
             "address_not_allowed",
             f"{spec.address} is outside REGISTRY_ALLOWED_NETWORKS ({refusal}); the hub will not probe it.",
         )
-    return spec
+    return spec, chosen
 
 
 def _already_registered(endpoint: Endpoint) -> RegistryError:
@@ -46,9 +61,11 @@ def _already_registered(endpoint: Endpoint) -> RegistryError:
     )
 
 
-def check_registrable(address: object, port: object = None, name: object = "") -> EndpointIn:
+def check_registrable(
+    address: object, port: object = None, name: object = "", *, scheme: object = None, authorization: object = None
+) -> EndpointIn:
     """Validate a manual registration before making it (the admin form shows the errors)."""
-    spec = _allowed_spec(address, port, name)
+    spec, _ = _allowed_spec(address, port, name, scheme, authorization)
     existing = Endpoint.objects.filter(address=spec.address, port=spec.port).first()
     if existing is not None:
         raise _already_registered(existing)
@@ -63,13 +80,17 @@ def register_endpoint(
     source: str = Endpoint.Source.MANUAL,
     host: str | None = None,
     by: str = "",
+    scheme: object = None,
+    authorization: object = None,
 ) -> tuple[Endpoint, bool]:
     """Register the Ollama at address:port; return (endpoint, created). Manual duplicates are refused.
 
     `host` names the machine it runs on (from a sidecar's report); by default the address.
     `by` says who asked (for the registered event): "admin token 'ci'", "user alice", ...
+    `address` may be a URL: https:// (or `scheme="https"`) probes it over TLS. `authorization`
+    is an Authorization header value sent with its probes (write-only: rows show has_auth).
     """
-    spec = _allowed_spec(address, port, name)
+    spec, scheme = _allowed_spec(address, port, name, scheme, authorization)
     with transaction.atomic():
         host_obj, _ = Host.objects.get_or_create(name=host or spec.address)
         existing = Endpoint.objects.filter(address=spec.address, port=spec.port).first()
@@ -77,7 +98,13 @@ def register_endpoint(
             try:
                 with transaction.atomic():
                     endpoint = Endpoint.objects.create(
-                        host=host_obj, address=spec.address, port=spec.port, name=spec.name, source=source
+                        host=host_obj,
+                        address=spec.address,
+                        port=spec.port,
+                        scheme=scheme,
+                        authorization=spec.authorization_value or "",
+                        name=spec.name,
+                        source=source,
                     )
             except IntegrityError:  # a concurrent registration won the race
                 existing = Endpoint.objects.get(address=spec.address, port=spec.port)
@@ -100,8 +127,10 @@ def register_endpoint(
 MAX_BULK_ENDPOINTS = 1000
 
 
-def register_endpoints(entries: Sequence[tuple[object, object, object]], *, by: str = "") -> list[int]:
+def register_endpoints(entries: Sequence[tuple[object, ...]], *, by: str = "") -> list[int]:
     """Register many manual endpoints in one transaction, all or nothing; return their ids.
+
+    Each entry is (address, port, name[, scheme[, authorization]]), as register_endpoint takes them.
 
     Every entry is checked first (shape, allowed networks, duplicates in the list or in the
     registry); the first problem is reported with its position and nothing is registered.
@@ -110,32 +139,43 @@ def register_endpoints(entries: Sequence[tuple[object, object, object]], *, by: 
         raise RegistryError("invalid_endpoint", "the list is empty; send at least one endpoint.")
     if len(entries) > MAX_BULK_ENDPOINTS:
         raise RegistryError("too_many", f"at most {MAX_BULK_ENDPOINTS} endpoints per request ({len(entries)} sent).")
-    specs = []
+    specs: list[tuple[EndpointIn, str]] = []
     for index, entry in enumerate(entries):
         try:
             specs.append(_allowed_spec(*entry))
         except RegistryError as exc:
             raise RegistryError(exc.code, f"entry {index}: {exc.detail}", status_code=exc.status_code) from None
     seen: dict[tuple[str, int], int] = {}
-    for index, spec in enumerate(specs):
+    for index, (spec, _) in enumerate(specs):
         key = (spec.address, spec.port)
         if key in seen:
             raise RegistryError("duplicate", f"entries {seen[key]} and {index} are both {_url(*key)}.")
         seen[key] = index
     with transaction.atomic():
-        taken = Endpoint.objects.filter(address__in={a for a, _ in seen}).values_list("address", "port", "id")
-        for address, port, endpoint_id in taken:
+        taken = Endpoint.objects.filter(address__in={a for a, _ in seen}).values_list("address", "port", "scheme", "id")
+        for address, port, scheme, endpoint_id in taken:
             if (address, port) in seen:
                 raise RegistryError(
                     "already_registered",
-                    f"entry {seen[(address, port)]}: {_url(address, port)} is already registered "
-                    f"(endpoint {endpoint_id}).",
+                    f"entry {seen[(address, port)]}: {Endpoint.url_for(address, port, scheme)} is already "
+                    f"registered (endpoint {endpoint_id}).",
                     status_code=409,
                 )
-        Host.objects.bulk_create([Host(name=a) for a in {s.address for s in specs}], ignore_conflicts=True)
-        hosts = dict(Host.objects.filter(name__in={s.address for s in specs}).values_list("name", "id"))
+        names = {spec.address for spec, _ in specs}
+        Host.objects.bulk_create([Host(name=a) for a in names], ignore_conflicts=True)
+        hosts = dict(Host.objects.filter(name__in=names).values_list("name", "id"))
         created = Endpoint.objects.bulk_create(
-            [Endpoint(host_id=hosts[s.address], address=s.address, port=s.port, name=s.name) for s in specs]
+            [
+                Endpoint(
+                    host_id=hosts[s.address],
+                    address=s.address,
+                    port=s.port,
+                    scheme=scheme,
+                    authorization=s.authorization_value or "",
+                    name=s.name,
+                )
+                for s, scheme in specs
+            ]
         )
         ids = [e.id for e in created]  # SQLite and PostgreSQL both return ids from a bulk insert
         signals.endpoints_changed.send(sender=Endpoint, ids=ids)
@@ -145,16 +185,30 @@ def register_endpoints(entries: Sequence[tuple[object, object, object]], *, by: 
 
 
 def _url(address: str, port: int) -> str:
-    return f"http://{host_for_url(address)}:{port}"
+    return f"{host_for_url(address)}:{port}"
 
 
-def update_endpoint(endpoint_id: int, *, port: object = None, name: object = None) -> Endpoint:
-    """Change an endpoint's port or display name."""
+def update_endpoint(
+    endpoint_id: int,
+    *,
+    port: object = None,
+    name: object = None,
+    scheme: object = None,
+    authorization: object = None,
+) -> Endpoint:
+    """Change an endpoint's port, display name, scheme or Authorization header (None keeps each;
+    an empty authorization removes the header)."""
     endpoint = get_endpoint(endpoint_id)
     spec = parse_endpoint(
-        endpoint.address, endpoint.port if port is None else port, endpoint.name if name is None else name
+        endpoint.address,
+        endpoint.port if port is None else port,
+        endpoint.name if name is None else name,
+        authorization,
     )
-    changed = {k: v for k, v in (("port", spec.port), ("name", spec.name)) if getattr(endpoint, k) != v}
+    wanted = {"port": spec.port, "name": spec.name, "scheme": _scheme(spec, scheme or endpoint.scheme)}
+    if spec.authorization is not None:
+        wanted["authorization"] = spec.authorization_value
+    changed = {k: v for k, v in wanted.items() if getattr(endpoint, k) != v}
     if not changed:
         return endpoint
     with transaction.atomic():
@@ -208,14 +262,14 @@ def remove_endpoints(ids: Iterable[int], *, by: str = "") -> list[int]:
     return ids
 
 
-# (address, port, host id) -> (endpoint id, until when): a host's sidecar names the same Ollama in
+# (address, port, host id, scheme) -> (endpoint id, until when): a host's sidecar names the same Ollama in
 # every report; looking it up again each time cost more than the rest of the report. Removing an
 # endpoint forgets it here; other processes re-register a removed auto endpoint within this time.
-_advertised: dict[tuple[str, int, int], tuple[int, float]] = {}
+_advertised: dict[tuple[str, int, int, str], tuple[int, float]] = {}
 ADVERTISED_CACHE_SECONDS = 10.0
 
 
-def _remember(key: tuple[str, int, int], endpoint_id: int) -> None:
+def _remember(key: tuple[str, int, int, str], endpoint_id: int) -> None:
     if len(_advertised) > 100_000:
         _advertised.clear()
     _advertised[key] = (endpoint_id, time.monotonic() + ADVERTISED_CACHE_SECONDS)

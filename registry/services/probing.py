@@ -104,8 +104,8 @@ def claim_for_probe(
     if ids is not None:
         free = free.filter(id__in=list(ids))
     free.update(probe_claim=claim, probe_claimed_until=until)
-    rows = Endpoint.objects.filter(probe_claim=claim).values_list("id", "address", "port")
-    return claim, [ollama.ProbeTarget(id=i, address=a, port=p) for i, a, p in rows]
+    rows = Endpoint.objects.filter(probe_claim=claim).values_list("id", "address", "port", "scheme", "authorization")
+    return claim, [ollama.ProbeTarget(*row) for row in rows]
 
 
 def release_claim(claim: str) -> None:
@@ -118,7 +118,12 @@ def probe(ids: Iterable[int] | None) -> list[int]:
     try:
         if not targets:
             return []
-        results = ollama.probe_many_sync(targets, timeout=settings.PROBE_TIMEOUT_SECONDS, allowed=allowed_networks())
+        results = ollama.probe_many_sync(
+            targets,
+            timeout=settings.PROBE_TIMEOUT_SECONDS,
+            allowed=allowed_networks(),
+            ca_bundle=settings.PROBE_CA_BUNDLE,
+        )
         return record_probe_results(results)
     finally:
         release_claim(claim)

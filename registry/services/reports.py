@@ -316,31 +316,39 @@ def _register_advertised(
 ) -> dict[str, int]:
     """Register (source auto, in bulk) the Ollama each report advertises; return host -> endpoint id.
 
-    An auto endpoint follows the machine its sidecar names; a manual one is never moved. A new
-    registration appends its `registered` event to `events`.
+    An auto endpoint follows the machine its sidecar names, and the scheme of the URL it
+    advertises (http or https); a manual one is never moved or changed. A new registration
+    appends its `registered` event to `events`.
     """
-    targets = {name: r.ollama_host_port() for name, r in reports.items() if r.ollama_url}
+    schemes: dict[str, str] = {}
+    targets: dict[str, tuple[str, int]] = {}
+    for name, report in reports.items():
+        if report.ollama_url:
+            schemes[name], *target = report.ollama_target()
+            targets[name] = tuple(target)
     settled: dict[str, int] = {}
     now = time.monotonic()
     for name, target in list(targets.items()):
-        cached = _advertised.get((*target, hosts[name].id))
+        cached = _advertised.get((*target, hosts[name].id, schemes[name]))
         if cached is not None and cached[1] > now:
             settled[name] = cached[0]
             del targets[name]
     if not targets:
         return settled
 
-    def known() -> dict[tuple[str, int], tuple[int, int, str]]:
+    def known() -> dict[tuple[str, int], tuple[int, int, str, str]]:
         rows = Endpoint.objects.filter(address__in={address for address, _ in targets.values()})
-        return {
-            (a, p): (i, h, src) for i, a, p, h, src in rows.values_list("id", "address", "port", "host_id", "source")
-        }
+        columns = ("id", "address", "port", "host_id", "source", "scheme")
+        return {(a, p): (i, h, src, sch) for i, a, p, h, src, sch in rows.values_list(*columns)}
 
     found = known()
     new = [(name, address, port) for name, (address, port) in targets.items() if (address, port) not in found]
     if new:
         Endpoint.objects.bulk_create(
-            [Endpoint(host_id=hosts[n].id, address=a, port=p, source=Endpoint.Source.AUTO) for n, a, p in new],
+            [
+                Endpoint(host_id=hosts[n].id, address=a, port=p, scheme=schemes[n], source=Endpoint.Source.AUTO)
+                for n, a, p in new
+            ],
             ignore_conflicts=True,  # a concurrent registration of the same address won the race
         )
         found = known()
@@ -355,14 +363,19 @@ def _register_advertised(
         for n, a, p in new
         if (a, p) in found
     ]
-    moved = [
-        found[target][0]
-        for name, target in targets.items()
-        if target in found and found[target][1] != hosts[name].id and found[target][2] == Endpoint.Source.AUTO
-    ]
-    for endpoint_id in moved:
-        host_id = next(hosts[n].id for n, t in targets.items() if found[t][0] == endpoint_id)
-        Endpoint.objects.filter(id=endpoint_id).update(host_id=host_id, revision=F("revision") + 1)
+    moved = []
+    for name, target in targets.items():
+        endpoint_id, host_id, source, scheme = found.get(target, (None, None, None, None))
+        if source != Endpoint.Source.AUTO or endpoint_id in created:
+            continue
+        changes = {}
+        if host_id != hosts[name].id:
+            changes["host_id"] = hosts[name].id
+        if scheme != schemes[name]:
+            changes["scheme"] = schemes[name]  # the sidecar now advertises it over TLS (or no longer)
+        if changes:
+            Endpoint.objects.filter(id=endpoint_id).update(**changes, revision=F("revision") + 1)
+            moved.append(endpoint_id)
     if created or moved:
         signals.endpoints_changed.send(sender=Endpoint, ids=created + moved)
     if created:
@@ -371,7 +384,8 @@ def _register_advertised(
         if target in found:
             settled[name] = found[target][0]
             # Known and on its machine (or manual): the next reports skip this lookup a while.
-            transaction.on_commit(lambda key=(*target, hosts[name].id), i=settled[name]: _remember(key, i))
+            key = (*target, hosts[name].id, schemes[name])
+            transaction.on_commit(lambda key=key, i=settled[name]: _remember(key, i))
     return settled
 
 

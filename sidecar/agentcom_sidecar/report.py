@@ -54,10 +54,17 @@ OLLAMA_URL_MAX_LENGTH = 7 + 253
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
 
 
-@lru_cache(maxsize=4096)  # pure; the hub calls it several times per report
 def split_host(raw: str, port: int | None = None) -> tuple[str, int | None]:
     """Normalise `raw` (a host, an IP literal or a URL) into (host, port-from-URL-or-`port`)."""
+    return split_url(raw, port)[1:]
+
+
+@lru_cache(maxsize=4096)  # pure; the hub calls it several times per report
+def split_url(raw: str, port: int | None = None) -> tuple[str | None, str, int | None]:
+    """Normalise `raw` into (scheme, host, port): the scheme is "http" or "https" when `raw` is a
+    URL and None when it is a bare host (the caller's default applies); the port as split_host."""
     text = (raw or "").strip()
+    scheme: str | None = None
     if not text:
         raise ValueError("host is required")
     if any(ch.isspace() for ch in text):
@@ -67,6 +74,7 @@ def split_host(raw: str, port: int | None = None) -> tuple[str, int | None]:
         parts = urlsplit(text)
         if parts.scheme not in ("http", "https"):
             raise ValueError("host URL must start with http:// or https://")
+        scheme = parts.scheme
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("host must not contain a path; give only the host and port")
         if parts.username is not None or parts.password is not None:
@@ -93,7 +101,7 @@ def split_host(raw: str, port: int | None = None) -> tuple[str, int | None]:
             text, _, port_text = text.partition(":")
             url_port = _port_from_text(port_text)
     host = _validate_hostname(text)
-    return host, url_port if url_port is not None else port
+    return scheme, host, url_port if url_port is not None else port
 
 
 def _port_from_text(text: str) -> int:
@@ -251,7 +259,12 @@ class SidecarReport(BaseModel):
 
     def ollama_host_port(self) -> tuple[str, int] | None:
         """Return (host, port) of the advertised Ollama, or None."""
+        target = self.ollama_target()
+        return None if target is None else target[1:]
+
+    def ollama_target(self) -> tuple[str, str, int] | None:
+        """Return (scheme, host, port) of the advertised Ollama ("https" probes it over TLS), or None."""
         if not self.ollama_url:
             return None
-        host, port = split_host(self.ollama_url)
-        return host, port or DEFAULT_OLLAMA_PORT
+        scheme, host, port = split_url(self.ollama_url)
+        return scheme or "http", host, port or DEFAULT_OLLAMA_PORT

@@ -52,6 +52,7 @@ def read_settings(monkeypatch, tmp_path):
         ("AGENTCOM_CELERY_QUEUE", "my queue", "only letters"),
         ("LOGIN_FAILURE_LIMIT", "0", "at least 1"),
         ("LOGIN_LOCKOUT_MINUTES", "soon", "must be a number"),
+        ("PROBE_CA_BUNDLE", "/nonexistent/ca.pem", "no such file"),
     ],
 )
 def test_a_malformed_setting_is_refused_with_its_name(read_settings, name, value, says):
@@ -97,3 +98,18 @@ def test_the_hub_does_not_start_with_a_malformed_setting(tmp_path):
     )
     assert started.returncode != 0
     assert "ImproperlyConfigured: REGISTRY_ALLOWED_NETWORKS: 'banana' is not a network" in started.stderr
+
+
+def test_a_ca_bundle_of_pem_certificates_is_taken_as_an_absolute_path(read_settings, tmp_path, monkeypatch):
+    from devtools.tls import TestCA
+
+    assert read_settings()["PROBE_CA_BUNDLE"] == ""  # unset: the system store
+    ca = TestCA.create(tmp_path / "ca")
+    monkeypatch.chdir(tmp_path)
+    assert read_settings(PROBE_CA_BUNDLE=f"ca/{Path(ca.cert_path).name}")["PROBE_CA_BUNDLE"] == ca.cert_path
+
+
+def test_a_ca_bundle_that_holds_no_certificate_is_refused(read_settings, tmp_path):
+    (tmp_path / "notes.pem").write_text("not a certificate\n")
+    with pytest.raises(ImproperlyConfigured, match="PROBE_CA_BUNDLE: .* is not a readable PEM file of CA certificates"):
+        read_settings(PROBE_CA_BUNDLE=str(tmp_path / "notes.pem"))

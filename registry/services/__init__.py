@@ -1,7 +1,8 @@
 """The one place that changes registry state; REST, admin, WebSocket, tasks all call here.
 
 One module per kind of state: endpoints (registration), probing (probe results), reports
-(sidecar reports, host resources), tokens, and reading (rows and snapshots, no writes).
+(sidecar reports, host resources), tokens, reading (rows and snapshots, no writes) and routing
+(the best endpoints for a model, from an in-memory index).
 Callers import from `registry.services`; the modules are its parts, not separate APIs.
 """
 
@@ -56,6 +57,15 @@ from registry.services.reports import (
     same_machine,
     trusted_proxies,
 )
+from registry.services.routing import (
+    MAX_ROUTES,
+    ModelNotHeld,
+    NoHealthyHolder,
+    fleet_model_names,
+    forget_route_index,
+    ready_route,
+    route,
+)
 from registry.services.tokens import (
     TokenInfo,
     authenticate_token,
@@ -67,12 +77,14 @@ from registry.services.tokens import (
     refresh_token_cache,
     revoke_tokens,
     token_cache_fresh,
+    token_use_noted,
 )
 
 
 def forget_process_caches() -> None:
     """Drop what this process remembers of the database (tests: ids repeat between tests)."""
     forget_cached_tokens()
+    forget_route_index()
     _advertised.clear()
 
 
@@ -81,6 +93,9 @@ __all__ = [
     "EndpointQuery",
     "MAX_BULK_ENDPOINTS",
     "MAX_PAGE",
+    "MAX_ROUTES",
+    "ModelNotHeld",
+    "NoHealthyHolder",
     "NotFound",
     "PROBE_TASK",
     "RECORD_BATCH",
@@ -98,10 +113,12 @@ __all__ = [
     "create_token",
     "endpoint_rows",
     "find_endpoints",
+    "fleet_model_names",
     "fleet_models",
     "fleet_summary",
     "forget_cached_tokens",
     "forget_process_caches",
+    "forget_route_index",
     "get_endpoint",
     "host_resources",
     "note_token_use",
@@ -120,11 +137,14 @@ __all__ = [
     "remove_endpoint",
     "remove_endpoints",
     "revoke_tokens",
+    "ready_route",
+    "route",
     "same_machine",
     "snapshot_in_order",
     "snapshot_rest",
     "sweep_chunks",
     "token_cache_fresh",
+    "token_use_noted",
     "trusted_proxies",
     "update_endpoint",
     "validation_message",

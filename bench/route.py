@@ -171,11 +171,28 @@ async def open_loop(port: int, token: str, rate: float, seconds: float) -> dict:
     return {"rate": rate, "statuses": {str(k): v for k, v in statuses.items()}, **stats(latencies)}
 
 
+def how(r: dict) -> str:
+    return f"{r['rate']:.0f} req/s open loop" if r["rate"] else "one request at a time"
+
+
+async def one_at_a_time(port: int, token: str, count: int) -> dict:
+    """Latency of a single request on an idle hub: one client, the next request after the answer."""
+    client = Client(port)
+    latencies, statuses = [], {}
+    for i in range(count):
+        t = time.perf_counter()
+        status, _, _ = await client.get(f"/api/v1/route?model={NAMES[i % len(NAMES)]}&n=3", token)
+        latencies.append((time.perf_counter() - t) * 1000)
+        statuses[status] = statuses.get(status, 0) + 1
+    client.close()
+    return {"rate": 0, "statuses": {str(k): v for k, v in statuses.items()}, **stats(latencies)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoints", type=int, default=1000)
-    parser.add_argument("--rates", default="100,300,1000")
-    parser.add_argument("--uncached-rate", default="100")
+    parser.add_argument("--rates", default="100,300")
+    parser.add_argument("--uncached-rates", default="", help="open-loop rates with ROUTE_CACHE_SECONDS=0 too")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=2000)
     args = parser.parse_args()
@@ -202,14 +219,17 @@ def main() -> None:
     try:
         # As shipped; then with ROUTE_CACHE_SECONDS=0: every request goes through Django and
         # reads the database (the mark, the hosts' report times, what changed).
-        for cache_seconds, rates in (("1", args.rates), ("0", args.uncached_rate)):
+        for cache_seconds, rates in (("1", args.rates), ("0", args.uncached_rates)):
             hub = Hub(folder, {**env, "ROUTE_CACHE_SECONDS": cache_seconds}, components=("daphne",)).start()
             try:
                 asyncio.run(open_loop(hub.port, token, 50, 2))  # warm: connections, the token, the index
                 daphne = psutil.Process(hub.procs["daphne"].pid)
-                for r in rates.split(","):
+                for r in ["0", *filter(None, rates.split(","))]:
                     cpu = sum(daphne.cpu_times()[:2])
-                    result = asyncio.run(open_loop(hub.port, token, float(r), args.seconds))
+                    if r == "0":
+                        result = asyncio.run(one_at_a_time(hub.port, token, 1000))
+                    else:
+                        result = asyncio.run(open_loop(hub.port, token, float(r), args.seconds))
                     cpu_ms = (sum(daphne.cpu_times()[:2]) - cpu) * 1000 / result["count"]
                     remote.append(
                         {
@@ -228,10 +248,16 @@ def main() -> None:
         ("in process, index warm", local["warm"]),
         ("in process, read again (nothing changed)", local["reread_unchanged"]),
         ("in process, read again after a probe", local["reread_after_probe"]),
-        *((f"daphne, {r['rate']:.0f} req/s, ROUTE_CACHE_SECONDS={r['route_cache_seconds']:g}", r) for r in remote),
+        *(
+            (
+                f"daphne, {how(r)}, ROUTE_CACHE_SECONDS={r['route_cache_seconds']:g}",
+                r,
+            )
+            for r in remote
+        ),
     ]
     print(f"\nGET /api/v1/route, {args.endpoints:,} endpoints x 10 models; 1-min load {load:.1f}")
-    head = ("measure", "requests", "p50 ms", "p95 ms", "p99 ms", "max ms")
+    head = ("measure", "requests", "p50 ms", "p95 ms", "p99 ms", "max ms", "daphne CPU ms/req")
     table = [head] + [
         (
             name,
@@ -240,6 +266,7 @@ def main() -> None:
             f"{s['p95_ms']:.2f}",
             f"{s['p99_ms']:.2f}",
             f"{s['max_ms']:.1f}",
+            f"{s['daphne_cpu_ms_per_request']:.2f}" if "daphne_cpu_ms_per_request" in s else "",
         )
         for name, s in rows
     ]
@@ -247,7 +274,7 @@ def main() -> None:
     for r in table:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width, strict=True))))
     for r in remote:
-        print(f"  {r['rate']:.0f} req/s: statuses {r['statuses']}")
+        print(f"  {how(r)}, ROUTE_CACHE_SECONDS={r['route_cache_seconds']:g}: statuses {r['statuses']}")
     print(f"  reports written meanwhile: {live.reports:,}")
     out = BASE_DIR / "bench" / "results" / "route.json"
     result = {

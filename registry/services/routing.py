@@ -78,6 +78,7 @@ class _Holder:
 
 @dataclass(frozen=True, slots=True)
 class _HostState:
+    raw_at: object  # last_report_at as the database driver returns it (compared, never parsed)
     reported_at: datetime | None
     cpu_percent: float | None
     vram_free: int | None  # summed over the GPUs; None without a GPU
@@ -187,7 +188,7 @@ def _datetime(value) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)  # stored in UTC (USE_TZ)
 
 
-def _host_state(at, cpu, used, total, gpus) -> _HostState:
+def _host_state(raw_at, cpu, used, total, gpus) -> _HostState:
     if isinstance(gpus, str | bytes):
         gpus = orjson.loads(gpus)
     per_gpu = [
@@ -196,7 +197,7 @@ def _host_state(at, cpu, used, total, gpus) -> _HostState:
         if isinstance(g, dict) and (f := _free(g.get("memory_used_bytes"), g.get("memory_total_bytes"))) is not None
     ]
     vram_free = _free(used, total)
-    return _HostState(at, cpu, vram_free, max(per_gpu) if per_gpu else vram_free)
+    return _HostState(raw_at, _datetime(raw_at), cpu, vram_free, max(per_gpu) if per_gpu else vram_free)
 
 
 def _read_hosts(previous: dict[str, _HostState]) -> dict[str, _HostState]:
@@ -207,9 +208,8 @@ def _read_hosts(previous: dict[str, _HostState]) -> dict[str, _HostState]:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT name, last_report_at FROM {table} WHERE last_report_at IS NOT NULL")  # noqa: S608
         for name, at in cursor.fetchall():
-            at = _datetime(at)
             old = previous.get(name)
-            if old is not None and old.reported_at == at:
+            if old is not None and old.raw_at == at:
                 hosts[name] = old
             else:
                 changed.append(name)
@@ -221,7 +221,7 @@ def _read_hosts(previous: dict[str, _HostState]) -> dict[str, _HostState]:
                 names,
             )
             for name, at, cpu, used, total, gpus in cursor.fetchall():
-                hosts[name] = _host_state(_datetime(at), cpu, used, total, gpus)
+                hosts[name] = _host_state(at, cpu, used, total, gpus)
     return hosts
 
 
@@ -235,8 +235,9 @@ def fresh_index() -> _Index | None:
     return index if _fresh(index) else None
 
 
-def _current() -> _Index:
-    """The index, read again when older than ROUTE_CACHE_SECONDS or dropped by a change here."""
+def _current(*, rank_again: bool = False) -> _Index:
+    """The index, read again when older than ROUTE_CACHE_SECONDS or dropped by a change here;
+    `rank_again`: rank the models the old index had ranked before publishing the new one."""
     global _index, _dirty
     index = _index
     if _fresh(index):
@@ -258,7 +259,7 @@ def _current() -> _Index:
                     holders.setdefault(h.model, []).append(h)
         hosts = _read_hosts(index.hosts if index is not None else {})
         fresh = _Index(mark, endpoints, holders, hosts, built_at, checked)
-        for model in list(index.ranked) if index is not None else ():
+        for model in list(index.ranked) if index is not None and rank_again else ():
             if model in holders:
                 _ranked(fresh, model)  # before it is published: the fast path answers these at once
         _index = fresh
@@ -304,7 +305,7 @@ def _ranked(index: _Index, model: str) -> list[list[tuple[_Holder, _HostState | 
         else:
             fit = 2 if stale else 0 if gpu_free >= h.size else 1
         scored.append(((not h.loaded, stale, fit, free_gib), h.id, h, hosts.get(h.host)))
-    scored.sort(key=lambda s: (s[0], s[1]))
+    scored.sort()  # by key, then id (unique: the holders themselves are never compared)
     groups, last = [], None
     for key, _, h, res in scored:
         if key != last:
@@ -400,26 +401,32 @@ def ready_route(model: str, n: int) -> dict | None:
 
 _refresher: threading.Thread | None = None
 _refresher_lock = threading.Lock()
+_refresh_wanted = threading.Event()
 
 
 def refresh_in_background() -> None:
-    """Read the index again in a thread (one at a time)."""
+    """Have the index read again by this process's refresher thread (started on first use)."""
     global _refresher
-    with _refresher_lock:
-        if _refresher is not None and _refresher.is_alive():
-            return
-        _refresher = threading.Thread(target=_refresh, name="route-index", daemon=True)
-        _refresher.start()
+    _refresh_wanted.set()
+    if _refresher is None or not _refresher.is_alive():
+        with _refresher_lock:
+            if _refresher is None or not _refresher.is_alive():
+                _refresher = threading.Thread(target=_refresh_loop, name="route-index", daemon=True)
+                _refresher.start()
 
 
-def _refresh() -> None:
-    try:
-        _current()
-    except Exception:
-        logger.exception("could not read the routing index")
-    finally:
-        if not connection.settings_dict.get("CONN_MAX_AGE"):
-            connection.close()
+def _refresh_loop() -> None:
+    # One long-lived thread keeps its database connection: a new thread (and connection) per
+    # read cost more than the read itself.
+    while True:
+        _refresh_wanted.wait()
+        _refresh_wanted.clear()
+        try:
+            if not _fresh(_index):
+                _current(rank_again=True)
+        except Exception:
+            logger.exception("could not read the routing index")
+            connection.close()  # the next read starts on a fresh connection
 
 
 def fleet_model_names(index: _Index | None = None) -> list[str]:

@@ -254,3 +254,25 @@ def test_an_endpoint_removed_in_this_process_is_gone_from_the_next_answer(
     with django_capture_on_commit_callbacks(execute=True):
         services.remove_endpoint(a.id)
     assert [r["host"] for r in services.route("llama3")["routes"]] == ["gpu-b"]
+
+
+def test_among_loaded_endpoints_a_host_with_stale_resources_comes_last(api, agent_token):
+    loaded = {"llama3:latest": {"loaded": True, "size_vram": 5}}
+    endpoint(host("silent", gpus_free_gib=[23], age_s=3600), loaded)
+    endpoint(host("reporting", gpus_free_gib=[0.5]), loaded)  # nearly full, but its numbers are current
+    orders = {tuple(hosts_of(api.get(f"{URL}?model=llama3", agent_token).json())) for _ in range(20)}
+    assert orders == {("reporting", "silent")}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_an_agent_token_may_not_open_the_report_socket():
+    from channels.db import database_sync_to_async
+
+    from agentcom_site.asgi import application
+    from tests.sidecar.test_report_socket import connect
+
+    token = await database_sync_to_async(lambda: services.create_token("agent", "planner")[1])()
+    ws = await connect(application, token)
+    connected, code = await ws.connect()
+    assert not connected and code == 4403

@@ -17,13 +17,15 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from agentcom_site.origins import SameOriginValidator  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from registry.ingest import ReportRoute, ReportSocket  # noqa: E402
+from registry.routeasgi import RouteFastPath  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Static files (one CSS, one JS) are served by the app itself so that `make run`
         # needs no web server in front; behind a proxy, serve STATIC_ROOT there instead.
-        # Well-formed sidecar reports take a lean path (registry/ingest.py); the rest is Django.
-        "http": ReportRoute(ASGIStaticFilesHandler(django_asgi_app)),
+        # Well-formed sidecar reports take a lean path (registry/ingest.py), and so do routes
+        # answered from memory (registry/routeasgi.py); the rest is Django.
+        "http": ReportRoute(RouteFastPath(ASGIStaticFilesHandler(django_asgi_app))),
         # Sidecars may keep one socket open for their reports (/ws/sidecar/, bearer token, no
         # browser origin); every other socket is a logged-in dashboard from the hub's own origin
         # (scheme, host and port: agentcom_site/origins.py).

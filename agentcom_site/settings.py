@@ -248,6 +248,9 @@ env_parsed("REGISTRY_TRUSTED_PROXIES", "", lambda text: parse_networks(text) if 
 RESOURCE_HISTORY_SECONDS = env_float("RESOURCE_HISTORY_SECONDS", 60.0, minimum=0.0)
 # A revoked token stops working in every process within this time (tokens are cached in memory).
 TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0.0)
+# GET /api/v1/route answers from an index in each process, read again when older than this
+# (changes made in the same process drop it at once).
+ROUTE_CACHE_SECONDS = env_float("ROUTE_CACHE_SECONDS", 1.0, minimum=0.0)
 # Sidecar reports waiting to be written (per web process) beyond which the hub answers 503.
 REPORT_QUEUE_MAX = env_int("REPORT_QUEUE_MAX", 2000, minimum=1)
 # A report that could not be written within this time is refused with 503 (nothing stored).

@@ -205,21 +205,27 @@ class Client:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def post(self, path: str, body: bytes, token: str) -> tuple[int, dict, bytes]:
+        return await self.request("POST", path, body, token)
+
+    async def get(self, path: str, token: str) -> tuple[int, dict, bytes]:
+        return await self.request("GET", path, None, token)
+
+    async def request(self, method: str, path: str, body: bytes | None, token: str) -> tuple[int, dict, bytes]:
         if self.idle:
             try:
-                return await self._post(self.idle.pop(), path, body, token)
+                return await self._send(self.idle.pop(), method, path, body, token)
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass  # the server closed an idle connection: like any client, retry on a new one
-        return await self._post(await asyncio.open_connection("127.0.0.1", self.port), path, body, token)
+        conn = await asyncio.open_connection("127.0.0.1", self.port)
+        return await self._send(conn, method, path, body, token)
 
-    async def _post(self, conn, path: str, body: bytes, token: str) -> tuple[int, dict, bytes]:
+    async def _send(self, conn, method: str, path: str, body: bytes | None, token: str) -> tuple[int, dict, bytes]:
         reader, writer = conn
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Bearer {token}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
-            writer.write(head.encode() + body)
+            writer.write(head.encode() + b"\r\n" + (body or b""))
             status_line = await reader.readline()
             if not status_line:
                 raise ConnectionError("closed")

@@ -20,7 +20,7 @@ from pydantic import BeforeValidator
 from registry import ingest, services
 from registry.models import Event, Token
 from registry.schemas import NAME_PATTERN, EndpointsIn, SidecarReport
-from registry.wire import EndpointRow, ErrorBody, EventPage, Snapshot
+from registry.wire import EndpointRow, ErrorBody, EventPage, Route, RouteNotFound, RouteUnavailable, Snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class UserSession(SessionAuth):
 
 
 admin_auth = [TokenAuth(Token.Scope.ADMIN), StaffSession()]
+# Reading the fleet: admin and agent tokens, any logged-in user (the dashboard).
+read_auth = [TokenAuth(Token.Scope.ADMIN, Token.Scope.AGENT), UserSession()]
 api = NinjaAPI(
     title="AgentCom LLM Registry",
     version="1",
@@ -79,6 +81,20 @@ def _error(request, code: str, detail: str, status: int):
 @api.exception_handler(services.RegistryError)
 def _registry_error(request, exc: services.RegistryError):
     return _error(request, exc.code, exc.detail, exc.status_code)
+
+
+@api.exception_handler(services.ModelNotHeld)
+def _model_not_held(request, exc: services.ModelNotHeld):
+    body = {"error": exc.code, "detail": exc.detail, "models": exc.models}  # wire.RouteNotFound
+    return api.create_response(request, body, status=404)
+
+
+@api.exception_handler(services.NoHealthyHolder)
+def _no_healthy_holder(request, exc: services.NoHealthyHolder):
+    body = {"error": exc.code, "detail": exc.detail, "holders": exc.holders}  # wire.RouteUnavailable
+    response = api.create_response(request, body, status=503)
+    response["Retry-After"] = str(round(settings.PROBE_INTERVAL_SECONDS))  # a probe may bring one back
+    return response
 
 
 @api.exception_handler(ValidationError)
@@ -272,7 +288,7 @@ def delete_endpoint(request, endpoint_id: int):
 
 @api.get(
     "/snapshot",
-    auth=[TokenAuth(Token.Scope.ADMIN), UserSession()],
+    auth=read_auth,
     response={200: Snapshot, **errors(*ANY_ROUTE)},
     tags=["fleet"],
 )
@@ -323,6 +339,27 @@ def events(
         endpoint=endpoint, host=host, kind=kind, since=since, cursor=cursor, limit=limit, with_host=with_host
     )
     return _send(request, services.find_events(query))
+
+
+@api.get(
+    "/route",
+    auth=read_auth,
+    response={200: Route, **errors(400, 401, 403), 404: RouteNotFound, 503: RouteUnavailable},
+    tags=["fleet"],
+)
+def route(
+    request,
+    model: str = Query(
+        ..., min_length=1, max_length=200, pattern=NAME_PATTERN,
+        description='the model, e.g. "llama3:8b"; without a tag, "llama3" means "llama3:latest"',
+    ),
+    n: int = Query(3, ge=1, le=services.MAX_ROUTES, description=f"how many endpoints (1 to {services.MAX_ROUTES})"),
+):  # fmt: skip
+    """The best healthy endpoints for a model, ranked: loaded first, then those whose host has the
+    most free VRAM (a model that fits a GPU before one that does not), hosts with stale resources
+    last; equal ones in a random order. Each says why. 404 lists the models the fleet has; 503
+    (with Retry-After) when the endpoints holding it are all down."""
+    return _send(request, services.route(model, n))
 
 
 @api.post(

@@ -179,6 +179,7 @@ class Token(models.Model):
     class Scope(models.TextChoices):
         SIDECAR = "sidecar", "sidecar (may only report)"
         ADMIN = "admin", "admin (may manage endpoints)"
+        AGENT = "agent", "agent (may only read routes and the snapshot)"
 
     label = models.CharField(max_length=100)
     scope = models.CharField(max_length=10, choices=Scope.choices)

@@ -149,6 +149,61 @@ class ErrorBody(_Out):
     detail: str = Field(description="a sentence a person can act on")
 
 
+# --- routing (GET /api/v1/route) ---------------------------------------------------------
+
+
+class RouteWhy(_Out):
+    """Why an endpoint ranks where it does."""
+
+    loaded: bool = Field(description="the model is loaded now (from /api/ps); ranks first")
+    fits: bool | None = Field(
+        description="loaded: Ollama holds it in VRAM (false: on the CPU); not loaded: model_bytes fits the free "
+        "VRAM of one GPU; null when unknown (resources stale or missing)"
+    )
+    model_bytes: int = Field(description="the model's size: in VRAM when loaded, else on disk")
+    vram_free_bytes: int | None = Field(description="free VRAM on the host, summed over its GPUs; null if unknown")
+    gpu_free_bytes: int | None = Field(description="free VRAM of the host's emptiest GPU; null if unknown")
+    cpu_percent: float | None = Field(description="the host's CPU load; null if unknown")
+    resources: Literal["fresh", "stale", "none"] = Field(
+        description="the host's sidecar report: current, older than stale_after_seconds, or never"
+    )
+    reported_at: datetime | None = Field(description="when the host's sidecar last reported")
+    latency_ms: int | None = Field(description="how long the endpoint's last stored probe took")
+
+
+class RouteEntry(_Out):
+    """One endpoint to use, best first."""
+
+    rank: int = Field(description="1 for the best")
+    id: int = Field(description="the endpoint's id")
+    url: str = Field(description="where to send Ollama requests: http://address:port")
+    host: str = Field(description="the machine")
+    name: str = Field(description="display name, may be empty")
+    why: RouteWhy
+
+
+class Route(_Out):
+    """GET /api/v1/route: the healthy endpoints holding a model, best first."""
+
+    model: str = Field(description='the model matched ("llama3" asks for "llama3:latest")')
+    candidates: int = Field(description="healthy endpoints holding it (routes holds the best n)")
+    as_of: datetime = Field(description="when the hub read the registry this answer comes from")
+    routes: list[RouteEntry]
+
+
+class RouteNotFound(ErrorBody):
+    """404 from GET /api/v1/route: no endpoint holds the model."""
+
+    models: list[str] = Field(description="the models healthy endpoints of the fleet do hold")
+
+
+class RouteUnavailable(ErrorBody):
+    """503 from GET /api/v1/route (with Retry-After): endpoints hold the model but none is healthy;
+    or the database is busy (then without `holders`)."""
+
+    holders: int | None = Field(default=None, description="how many (unhealthy or unknown) endpoints hold it")
+
+
 # --- WebSocket frames, server -> browser --------------------------------------------------
 
 MAX_FRAME_BYTES = 256 * 1024  # no server -> browser frame is larger (UTF-8 bytes of its JSON)

@@ -70,6 +70,11 @@ def sidecar_token(db) -> str:
 
 
 @pytest.fixture
+def agent_token(db) -> str:
+    return services.create_token(Token.Scope.AGENT, "planner")[1]
+
+
+@pytest.fixture
 def revoked_token(db) -> str:
     token, raw = services.create_token(Token.Scope.ADMIN, "old")
     services.revoke_tokens([token.id])

@@ -1,7 +1,8 @@
 """The one place that changes registry state; REST, admin, WebSocket, tasks all call here.
 
 One module per kind of state: endpoints (registration), probing (probe results), reports
-(sidecar reports, host resources), tokens, and reading (rows and snapshots, no writes).
+(sidecar reports, host resources), tokens, reading (rows and snapshots, no writes) and routing
+(the best endpoints for a model, from an in-memory index).
 Callers import from `registry.services`; the modules are its parts, not separate APIs.
 """
 
@@ -83,6 +84,15 @@ from registry.services.reports import (
     same_machine,
     trusted_proxies,
 )
+from registry.services.routing import (
+    MAX_ROUTES,
+    ModelNotHeld,
+    NoHealthyHolder,
+    fleet_model_names,
+    forget_route_index,
+    ready_route,
+    route,
+)
 from registry.services.tokens import (
     TokenInfo,
     authenticate_token,
@@ -94,12 +104,14 @@ from registry.services.tokens import (
     refresh_token_cache,
     revoke_tokens,
     token_cache_fresh,
+    token_use_noted,
 )
 
 
 def forget_process_caches() -> None:
     """Drop what this process remembers of the database (tests: ids repeat between tests)."""
     forget_cached_tokens()
+    forget_route_index()
     _advertised.clear()
 
 
@@ -125,6 +137,9 @@ __all__ = [
     "MAX_BULK_ENDPOINTS",
     "MAX_EVENTS_PAGE",
     "MAX_PAGE",
+    "MAX_ROUTES",
+    "ModelNotHeld",
+    "NoHealthyHolder",
     "NotFound",
     "PROBE_TASK",
     "RECORD_BATCH",
@@ -144,10 +159,12 @@ __all__ = [
     "endpoint_rows",
     "find_endpoints",
     "find_events",
+    "fleet_model_names",
     "fleet_models",
     "fleet_summary",
     "forget_cached_tokens",
     "forget_process_caches",
+    "forget_route_index",
     "get_endpoint",
     "host_resources",
     "mark_silent_hosts",
@@ -169,12 +186,15 @@ __all__ = [
     "remove_endpoint",
     "remove_endpoints",
     "revoke_tokens",
+    "ready_route",
+    "route",
     "same_machine",
     "snapshot_in_order",
     "snapshot_rest",
     "sweep_chunks",
     "sweep_plan",
     "token_cache_fresh",
+    "token_use_noted",
     "trusted_proxies",
     "update_endpoint",
     "validation_message",

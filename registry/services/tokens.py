@@ -116,6 +116,12 @@ def note_token_use(token_id: int, *, now: datetime | None = None) -> None:
     Token.objects.filter(id=token_id).update(last_used_at=now or timezone.now())
 
 
+def token_use_noted(token_id: int) -> bool:
+    """Whether this process recorded the token's use within the last minute (so a lean path that
+    writes nothing may serve it without losing track of last_used_at)."""
+    return time.monotonic() - _token_used.get(token_id, -math.inf) < 60
+
+
 def revoke_tokens(ids: Iterable[int], *, now: datetime | None = None) -> int:
     """Revoke tokens: at once in this process, within TOKEN_CACHE_SECONDS in the others."""
     count = Token.objects.filter(id__in=list(ids), revoked_at__isnull=True).update(revoked_at=now or timezone.now())

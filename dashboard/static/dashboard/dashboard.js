@@ -639,7 +639,16 @@
       chip.textContent = `${name} (${hosts}${loaded ? `, loaded on ${loaded}` : ""})`;
       chip.setAttribute("title", `Show the endpoints holding ${name}`);
       chip.addEventListener("click", () => setView({ q: name, status: "" }));
-      return chip;
+      // Where an agent would be sent for this model (GET /api/v1/route), asked when opened.
+      const where = el("button", "llm-fleet-route", "▸");
+      where.type = "button";
+      where.dataset.model = name;
+      where.setAttribute("aria-label", `Where to run ${name}`);
+      where.setAttribute("title", `Where to run ${name}: the best endpoints, and why`);
+      where.addEventListener("click", () => openRoute(name, where));
+      const item = el("span", "llm-fleet-item");
+      item.append(chip, where);
+      return item;
     });
     if (items.length > cap) {
       const more = el("button", "fleet-more", state.fleetExpanded ? "show fewer" : `+${items.length - cap} more`);
@@ -887,6 +896,10 @@
     state.detailsFor = { id, trigger };
     state.timeline = null; // fetched afresh on every open
     fillDetails(entry);
+    placeDetails(trigger);
+  }
+
+  function placeDetails(trigger) {
     if (!els.details.matches(":popover-open")) els.details.showPopover();
     // Beside the trigger on wide screens; a bottom sheet on narrow ones (CSS).
     const r = trigger.getBoundingClientRect();
@@ -895,6 +908,71 @@
     els.details.style.top = `${Math.max(8, Math.min(r.bottom + 6, window.innerHeight - els.details.offsetHeight - 8))}px`;
     const close = els.details.querySelector(".details-close");
     if (close) close.focus();
+  }
+
+  // ---- where to run a model (the routing API) --------------------------------
+
+  function routeWhy(r) {
+    const w = r.why;
+    const parts = [w.loaded ? "loaded" : "on disk"];
+    if (w.resources === "fresh") {
+      if (!w.loaded) parts.push(w.fits ? "fits a GPU" : "fits no GPU");
+      if (Number.isFinite(w.vram_free_bytes)) parts.push(`${fmtSize(w.vram_free_bytes)} VRAM free`);
+      else parts.push("no GPU");
+      if (Number.isFinite(w.cpu_percent)) parts.push(`CPU ${fmtPercent(w.cpu_percent)}`);
+    } else {
+      parts.push(w.resources === "stale" ? "resources stale" : "no sidecar reports");
+    }
+    if (Number.isFinite(w.latency_ms)) parts.push(`${w.latency_ms} ms`);
+    return parts.join(", ");
+  }
+
+  function routeLabel(r) {
+    const address = r.url.replace(/^https?:\/\//, "");
+    return r.name ? `"${r.name}" (${address})` : address;
+  }
+
+  function fillRoute(model, reply, status) {
+    if (!state.detailsFor || state.detailsFor.model !== model) return; // closed or moved on meanwhile
+    if (status !== 200) {
+      const text = reply && reply.detail ? String(reply.detail) : `The hub answered ${status}.`;
+      els.detailsBody.replaceChildren(detailsSection("Top choice", [el("p", "llm-route-none", text)]));
+      return;
+    }
+    const [top, ...rest] = reply.routes;
+    const best = el("p", "llm-route-top", `${routeLabel(top)}: ${routeWhy(top)}`);
+    best.dataset.endpointId = String(top.id);
+    const parts = [detailsSection("Top choice", [best])];
+    if (rest.length) {
+      const list = el("ol", "llm-route-rest");
+      list.start = 2;
+      rest.forEach((r) => list.appendChild(el("li", null, `${routeLabel(r)}: ${routeWhy(r)}`)));
+      parts.push(detailsSection("Then", [list]));
+    }
+    const n = reply.candidates;
+    parts.push(el("p", "muted", `${n} healthy ${n === 1 ? "endpoint holds" : "endpoints hold"} ${reply.model}; agents ask GET /api/v1/route?model=${reply.model}.`));
+    els.detailsBody.replaceChildren(...parts);
+  }
+
+  async function openRoute(model, trigger) {
+    if (!els.details) return;
+    state.detailsFor = { id: null, model, trigger };
+    els.detailsTitle.textContent = `Where to run ${model}`;
+    els.detailsBody.replaceChildren(el("p", "muted", "Asking the hub…"));
+    placeDetails(trigger);
+    let status = 0;
+    let reply = null;
+    try {
+      const response = await fetch(`/api/v1/route?model=${encodeURIComponent(model)}&n=3`, {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      });
+      status = response.status;
+      reply = await response.json();
+    } catch (_err) {
+      reply = { detail: "The hub did not answer; try again in a moment." };
+    }
+    fillRoute(model, reply, status);
   }
 
   // ---- incoming frames ---------------------------------------------------

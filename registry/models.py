@@ -163,6 +163,7 @@ class Token(models.Model):
     class Scope(models.TextChoices):
         SIDECAR = "sidecar", "sidecar (may only report)"
         ADMIN = "admin", "admin (may manage endpoints)"
+        METRICS = "metrics", "metrics (may only read /metrics)"
 
     label = models.CharField(max_length=100)
     scope = models.CharField(max_length=10, choices=Scope.choices)

@@ -16,7 +16,7 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from registry import ollama, signals
+from registry import metrics, ollama, signals
 from registry.models import Endpoint, EndpointModel
 from registry.services.common import PROBE_TASK, allowed_networks
 from registry.status import next_status
@@ -108,6 +108,7 @@ def probe(ids: Iterable[int] | None) -> list[int]:
         if not targets:
             return []
         results = ollama.probe_many_sync(targets, timeout=settings.PROBE_TIMEOUT_SECONDS, allowed=allowed_networks())
+        metrics.probes_done(results)  # in memory; sent to Redis by the flusher thread
         return record_probe_results(results)
     finally:
         release_claim(claim)

@@ -9,7 +9,10 @@ from registry.models import Token
 
 
 class Command(BaseCommand):
-    help = "Create a bearer token for a sidecar (may only report) or an admin client (may manage endpoints)."
+    help = (
+        "Create a bearer token for a sidecar (may only report), an admin client (may manage endpoints) "
+        "or a Prometheus scraper (metrics: may only read /metrics)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--scope", required=True, choices=Token.Scope.values)

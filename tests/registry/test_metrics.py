@@ -9,11 +9,13 @@ from datetime import timedelta
 import pytest
 import redis
 from django.conf import settings as django_settings
+from django.db.models import F
 from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry import metrics, ollama, services, tasks
+from registry import scrape as scraping
 from registry.models import Endpoint, EndpointModel, Host, Token
 from registry.schemas import SidecarReport
 from tests.registry.test_sidecar_report import URL as REPORT_URL
@@ -26,6 +28,7 @@ GIB = 1024**3
 def counters():
     """Each test starts from empty counters in this run's namespace."""
     metrics.tally.flush()  # whatever earlier tests counted goes out now, then is deleted
+    scraping.forget_cache()
     client = metrics.tally.redis()
     keys = list(client.scan_iter(f"{django_settings.AGENTCOM_NAMESPACE}:metrics:*"))
     if keys:
@@ -66,8 +69,8 @@ def test_a_scrape_shows_endpoints_by_status_and_whether_each_one_is_up(admin_tok
     healthy, _ = services.register_endpoint("127.0.0.2", 11434, "rack 1")
     sick, _ = services.register_endpoint("127.0.0.3", 11500)
     new, _ = services.register_endpoint("127.0.0.4")
-    Endpoint.objects.filter(id=healthy.id).update(status="healthy")
-    Endpoint.objects.filter(id=sick.id).update(status="unhealthy")
+    Endpoint.objects.filter(id=healthy.id).update(status="healthy", revision=F("revision") + 1)  # as a probe would
+    Endpoint.objects.filter(id=sick.id).update(status="unhealthy", revision=F("revision") + 1)
     for name, loaded in (("llama3:8b", True), ("mistral:7b", False), ("qwen2:7b", False)):
         EndpointModel.objects.create(endpoint=healthy, name=name, loaded=loaded)
 
@@ -350,3 +353,60 @@ def test_an_allowed_scraper_address_needs_no_token(settings):
 def test_the_allow_list_is_off_by_default():
     assert django_settings.METRICS_ALLOWED_IPS == ""
     assert Client().get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 401
+
+
+@pytest.mark.django_db
+def test_the_fleet_is_read_in_a_fixed_number_of_queries(admin_token, django_assert_max_num_queries):
+    def fleet(n: int) -> None:
+        for i in range(n):
+            endpoint, _ = services.register_endpoint(f"127.0.1.{len(Endpoint.objects.all()) + 1}")
+            EndpointModel.objects.create(endpoint=endpoint, name=f"m{i}", loaded=bool(i % 2))
+            services.record_report(SidecarReport.model_validate(report(host=endpoint.host.name)))
+
+    fleet(2)
+    with django_assert_max_num_queries(5):  # the endpoints' mark, endpoints, models, fleet models, hosts
+        scraping.render()
+    fleet(20)
+    with django_assert_max_num_queries(5):
+        scraping.render()
+    with django_assert_max_num_queries(2):  # endpoints unchanged: their text is kept
+        scraping.render()
+
+
+@pytest.mark.django_db
+def test_a_probe_that_changes_an_endpoint_shows_in_the_next_scrape(fake_fleet, admin_token):
+    host, port = fake_fleet.add(models=["llama3:8b", "mistral:7b"], loaded=["llama3:8b"])
+    endpoint, _ = services.register_endpoint(host, port)
+    labels = endpoint_labels(Endpoint.objects.get(id=endpoint.id))
+    assert scrape(admin_token)[("agentcom_endpoint_up", labels)] == 0
+    services.probe([endpoint.id])
+    samples = scrape(admin_token)
+    assert samples[("agentcom_endpoint_up", labels)] == 1
+    assert samples[("agentcom_endpoint_models", labels)] == 2
+    assert samples[("agentcom_endpoint_models_loaded", labels)] == 1
+    fake_fleet.set(host, port, mode="http500")
+    for _ in range(django_settings.UNHEALTHY_AFTER_FAILURES):
+        services.probe([endpoint.id])
+    assert scrape(admin_token)[("agentcom_endpoint_up", labels)] == 0
+    services.update_endpoint(endpoint.id, name="rack 9")
+    renamed = endpoint_labels(Endpoint.objects.get(id=endpoint.id))
+    assert ("agentcom_endpoint_up", renamed) in scrape(admin_token)
+
+
+# -- the docs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_documented_alert_and_scrape_config_match_what_the_hub_serves(admin_token):
+    yaml = pytest.importorskip("yaml")
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    rule = yaml.safe_load((docs / "alerts.yml").read_text())["groups"][0]["rules"][0]
+    assert (rule["alert"], rule["for"]) == ("OllamaEndpointDown", "2m")
+    assert rule["expr"].split()[0] == "agentcom_endpoint_up"
+    services.register_endpoint("127.0.0.2")
+    assert any(name == "agentcom_endpoint_up" for name, _ in scrape(admin_token))
+    job = yaml.safe_load((docs / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert job["metrics_path"] == "/metrics"
+    assert job["authorization"]["type"] == "Bearer" and job["authorization"]["credentials_file"]

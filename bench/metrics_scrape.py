@@ -146,6 +146,9 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: SQLite in a temp folder)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="metrics-scrape-"))
+    # Hosts stay "reporting" for the whole run (their resources are in every scrape); the 2%
+    # seeded as silent an hour ago stay stale.
+    os.environ["STALE_AFTER_SECONDS"] = "1800"
     env = setup_django(folder, args.database_url, probe_interval=3600)
     env.update(PROBE_ON_REGISTER="false")
     os.environ["PROBE_ON_REGISTER"] = "false"

@@ -1,7 +1,8 @@
 """GET /metrics: the fleet read from the database and the hub's counters read from Redis.
 
 One scrape target for the whole hub, served by any daphne: the fleet (endpoints, models, hosts)
-is the database's state, read in four queries whatever the fleet size; the counters (probes,
+is the database's state, read in five queries whatever the fleet size (two while no endpoint
+changed: see `render`); the counters (probes,
 sweeps, reports, sockets, events) are summed over every process in Redis (registry/metrics.py).
 prometheus_client builds and writes the text format; nothing is formatted by hand.
 """
@@ -110,6 +111,7 @@ class HostCollector:
         }
         fields = ("name", "last_report_at", "cpu_percent", "ram_used_bytes", "ram_total_bytes")
         rows = Host.objects.order_by().values_list(*fields, "vram_used_bytes", "vram_total_bytes")
+        stale_after = settings.STALE_AFTER_SECONDS  # read once, not per host
         for name, at, cpu, ram_used, ram_total, vram_used, vram_total in rows.iterator(chunk_size=2000):
             if at is None:
                 states["never"] += 1
@@ -117,7 +119,7 @@ class HostCollector:
             labels = [name]
             families["age"].add_metric(labels, max(0.0, (now - at).total_seconds()))
             # A silent host's numbers are not its state now: leave them out, as the dashboard does.
-            if is_stale(at, now, settings.STALE_AFTER_SECONDS):
+            if is_stale(at, now, stale_after):
                 states["stale"] += 1
                 continue
             states["reporting"] += 1

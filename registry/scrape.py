@@ -2,8 +2,8 @@
 
 One scrape target for the whole hub, served by any daphne: the fleet (endpoints, models, hosts)
 is the database's state, read in five queries whatever the fleet size (two while no endpoint
-changed: see `render`); the counters (probes,
-sweeps, reports, sockets, events) are summed over every process in Redis (registry/metrics.py).
+changed: see `render`); the counters (probes, sweeps, reports, sockets, events) are summed
+over every process in Redis (registry/metrics.py).
 prometheus_client builds and writes the text format; nothing is formatted by hand.
 """
 

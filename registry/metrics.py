@@ -111,6 +111,7 @@ class Tally:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.sending = threading.Lock()  # one flush at a time: a flush returns once its sums are in Redis
         self.counts: dict[str, int] = {}
         self.sums: dict[str, float] = {}
         self.sockets = 0
@@ -159,7 +160,10 @@ class Tally:
 
     def flush(self) -> None:
         """Send what was counted since the last flush (kept for the next one if Redis fails)."""
-        namespace = settings.AGENTCOM_NAMESPACE
+        with self.sending:
+            self._flush(settings.AGENTCOM_NAMESPACE)
+
+    def _flush(self, namespace: str) -> None:
         with self.lock:
             counts, sums, self.counts, self.sums = self.counts, self.sums, {}, {}
             sockets = self.sockets
@@ -167,7 +171,8 @@ class Tally:
         if not (counts or sums or refresh):
             return
         try:
-            pipe = self.redis().pipeline(transaction=False)
+            # MULTI/EXEC: all of it or none, so a batch put back after a failure is never counted twice.
+            pipe = self.redis().pipeline(transaction=True)
             key = counters_key(namespace)
             for field, amount in counts.items():
                 pipe.hincrby(key, field, amount)

@@ -410,3 +410,16 @@ def test_the_documented_alert_and_scrape_config_match_what_the_hub_serves(admin_
     job = yaml.safe_load((docs / "prometheus.yml").read_text())["scrape_configs"][0]
     assert job["metrics_path"] == "/metrics"
     assert job["authorization"]["type"] == "Bearer" and job["authorization"]["credentials_file"]
+
+
+@pytest.mark.django_db
+def test_a_new_report_shows_in_the_next_scrape(admin_token):
+    services.record_report(SidecarReport.model_validate(report(host="gpu-01", cpu_percent=10.0)))
+    assert scrape(admin_token)[("agentcom_host_cpu_percent", (("host", "gpu-01"),))] == 10.0
+    services.record_report(
+        SidecarReport.model_validate(report(host="gpu-01", cpu_percent=20.0, ram_total_bytes=128 * GIB))
+    )
+    samples = scrape(admin_token)
+    assert samples[("agentcom_host_cpu_percent", (("host", "gpu-01"),))] == 20.0
+    assert samples[("agentcom_host_ram_total_bytes", (("host", "gpu-01"),))] == 128 * GIB
+    assert samples[("agentcom_host_ram_used_bytes", (("host", "gpu-01"),))] == 20 * GIB

@@ -7,6 +7,9 @@ import logging
 from django.db import OperationalError
 from django.http import JsonResponse
 
+from registry import metrics
+from registry.ingest import REPORT_PATH
+
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
@@ -76,6 +79,8 @@ class ApiNeedsCredentials:
             and "HTTP_AUTHORIZATION" not in request.META
             and not request.user.is_authenticated
         ):
+            if request.path == REPORT_PATH:
+                metrics.report_refused("unauthorized")
             return unauthorized("send 'Authorization: Bearer <token>' or log in.")
         return self.get_response(request)
 

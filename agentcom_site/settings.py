@@ -257,6 +257,9 @@ REPORT_QUEUE_MAX = env_int("REPORT_QUEUE_MAX", 2000, minimum=1)
 REPORT_MAX_WAIT_SECONDS = env_float("REPORT_MAX_WAIT_SECONDS", 2.0, minimum=0.1)
 REGISTRY_ALLOWED_NETWORKS = env_str("REGISTRY_ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS)
 env_parsed("REGISTRY_ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS, parse_networks)  # refuse `banana` here
+# Scrapers that may read /metrics without a token (CIDR list); empty: an admin or metrics token only.
+METRICS_ALLOWED_IPS = env_str("METRICS_ALLOWED_IPS", "")
+env_parsed("METRICS_ALLOWED_IPS", "", lambda text: parse_networks(text) if text else [])
 DASHBOARD_MAX_FRAMES_PER_SECOND = env_float("DASHBOARD_MAX_FRAMES_PER_SECOND", 4.0, minimum=0.5)
 PUBLISH_MAX_EVENTS_PER_SECOND = env_float("PUBLISH_MAX_EVENTS_PER_SECOND", 10.0, minimum=0.5)
 # An open dashboard re-checks its session this often (expiry); logout and permission changes

@@ -1,13 +1,19 @@
-"""Liveness and readiness probes for load balancers and orchestrators."""
+"""Liveness and readiness probes for load balancers and orchestrators, and the Prometheus scrape."""
 
 from __future__ import annotations
 
+import logging
+
 import redis
 from django.conf import settings
-from django.db import connection
-from django.http import JsonResponse
+from django.db import DatabaseError, connection
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
 
 from agentcom_site.namespace import worker_heartbeat_key
+from registry import scrape
+
+logger = logging.getLogger(__name__)
 
 
 def healthz(request):
@@ -42,3 +48,30 @@ def readyz(request):
         checks["worker"] = "unknown: Redis does not answer"
     ready = all(v == "ok" for v in checks.values())
     return JsonResponse({"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503)
+
+
+@require_GET
+def metrics(request):
+    """The hub's metrics in the Prometheus text format, for an admin or metrics token (or an
+    address in METRICS_ALLOWED_IPS); errors as JSON."""
+    refused = scrape.refusal(
+        request.META.get("HTTP_AUTHORIZATION"),
+        request.META.get("REMOTE_ADDR"),
+        request.META.get("HTTP_X_FORWARDED_FOR"),
+    )
+    if refused is not None:
+        status, code, detail = refused
+        response = JsonResponse({"error": code, "detail": detail}, status=status)
+        if status == 401:
+            response["WWW-Authenticate"] = 'Bearer realm="agentcom"'
+        return response
+    try:
+        body = scrape.render()
+    except DatabaseError as exc:
+        logger.warning("metrics: the database does not answer: %s", exc)
+        response = JsonResponse(
+            {"error": "overloaded", "detail": "the database does not answer; retry later."}, status=503
+        )
+        response["Retry-After"] = "5"
+        return response
+    return HttpResponse(body, content_type=scrape.CONTENT_TYPE)

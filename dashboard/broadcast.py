@@ -21,7 +21,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 
-from registry import services
+from registry import metrics, services
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class Publisher:
                 self._drop_loop()
                 self._put_back(changed, removed, hosts, checked)
             else:
+                metrics.events_published()
                 if self.retry_delay:
                     logger.warning("published the registry events held back while publishing failed")
                 self.retry_delay = 0.0

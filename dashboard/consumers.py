@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from dashboard import frames, resync
 from dashboard.broadcast import GROUP
 from dashboard.sessions import session_digest, session_state, user_group
-from registry import services, wire
+from registry import metrics, services, wire
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,15 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if self.watch is not None:
             self.watch.add(self)
         await self.accept()
+        self.counted = True  # an open socket for /metrics, until disconnect
+        metrics.socket_opened()
         self.check_task = asyncio.ensure_future(self._check_session_every())
         await self.send_snapshot()
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):
+            self.counted = False
+            metrics.socket_closed()
         if getattr(self, "flush_handle", None):
             self.flush_handle.cancel()
         if getattr(self, "check_task", None):

@@ -17,7 +17,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
 from pydantic import BeforeValidator
 
-from registry import ingest, services
+from registry import ingest, metrics, services
 from registry.models import Event, Token
 from registry.schemas import NAME_PATTERN, EndpointsIn, SidecarReport
 from registry.wire import EndpointRow, ErrorBody, EventPage, Route, RouteNotFound, RouteUnavailable, Snapshot
@@ -75,6 +75,8 @@ api = NinjaAPI(
 
 
 def _error(request, code: str, detail: str, status: int):
+    if request.path == ingest.REPORT_PATH:
+        metrics.report_refused(code)
     return api.create_response(request, {"error": code, "detail": detail}, status=status)  # wire.ErrorBody
 
 
@@ -379,4 +381,6 @@ def sidecar_report(request, payload: SidecarReport):
     services.check_report(payload, token, peer)
     if not token.host:
         services.check_report(payload, services.bind_token(token, payload.host), peer)  # first report binds
-    return ingest.reply_body(payload, services.record_report(payload))
+    endpoint_id = services.record_report(payload)
+    metrics.reports_accepted()
+    return ingest.reply_body(payload, endpoint_id)

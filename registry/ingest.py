@@ -36,7 +36,7 @@ from django.conf import settings
 from django.db import connection
 from pydantic import ValidationError
 
-from registry import services
+from registry import metrics, services
 from registry.models import Token
 from registry.schemas import SidecarReport
 
@@ -130,6 +130,7 @@ class ReportWriter:
             return
         logger.debug("stored %d reports in %.1f ms", len(batch), 1000 * (time.monotonic() - started))
         _release_connection()
+        metrics.reports_accepted(len(batch))
         for item, endpoint_id in zip(batch, ids, strict=True):
             item.future.set_result(endpoint_id)
 
@@ -157,6 +158,7 @@ class ReportRoute:
         try:
             endpoint_id = await asyncio.wrap_future(writer.submit(report, token_id))
         except Overloaded as exc:
+            metrics.report_refused("overloaded")
             await _send_json(send, 503, overloaded_body(str(exc)), retry_after=RETRY_AFTER_SECONDS)
             return
         await _send_json(send, 200, reply_body(report, endpoint_id))
@@ -184,6 +186,7 @@ class ReportSocket:
         raw = _bearer(scope)
         token = await _token(raw) if raw is not None else None
         if token is None or token.scope not in REPORT_SCOPES:
+            metrics.report_refused("unauthorized" if token is None else "forbidden")
             await send({"type": "websocket.close", "code": 4401 if token is None else 4403})
             return
         await send({"type": "websocket.accept"})
@@ -221,8 +224,10 @@ async def _socket_report(frame: str | bytes, token: services.TokenInfo, peer: st
             services.check_report(report, token, peer, resolve=False)
         endpoint_id = await asyncio.wrap_future(writer.submit(report, token.id))
     except services.RegistryError as exc:
+        metrics.report_refused(exc.code)
         return token, {"seq": seq, "status": exc.status_code, "error": exc.code, "detail": exc.detail}
     except Overloaded as exc:
+        metrics.report_refused("overloaded")
         reply = {"seq": seq, "status": 503, **overloaded_body(str(exc)), "retry_after": RETRY_AFTER_SECONDS}
         return token, reply
     return token, {"seq": seq, "status": 200, **reply_body(report, endpoint_id)}

@@ -180,6 +180,7 @@ class Token(models.Model):
         SIDECAR = "sidecar", "sidecar (may only report)"
         ADMIN = "admin", "admin (may manage endpoints)"
         AGENT = "agent", "agent (may only read routes and the snapshot)"
+        METRICS = "metrics", "metrics (may only read /metrics)"
 
     label = models.CharField(max_length=100)
     scope = models.CharField(max_length=10, choices=Scope.choices)

@@ -159,6 +159,33 @@ class ProbeResult:
     checked_at: datetime
 
 
+# Why probes fail, as a small fixed set (the Prometheus label `reason`): every error text a probe
+# can produce maps to one of these, so a dashboard of failures never grows a series per message.
+FAILURE_REASONS = ("timeout", "refused", "unreachable", "dns", "http_status", "bad_reply", "not_allowed", "other")
+_REASON_BY_PREFIX = (
+    ("timed out", "timeout"),
+    ("connection timed out", "timeout"),
+    ("connection refused", "refused"),
+    ("host unreachable", "unreachable"),
+    ("network unreachable", "unreachable"),
+    ("name does not resolve", "dns"),
+    ("host name is not valid", "dns"),
+    ("HTTP ", "http_status"),
+    ("redirect refused", "http_status"),
+    ("reply ", "bad_reply"),
+    ("connection closed by the server", "bad_reply"),
+    (NOT_ALLOWED, "not_allowed"),
+)
+
+
+def failure_reason(error: str) -> str:
+    """The reason (one of FAILURE_REASONS) for a failed probe's error text."""
+    for prefix, reason in _REASON_BY_PREFIX:
+        if error.startswith(prefix):
+            return reason
+    return "other"
+
+
 def merge_models(tags: TagsReply, ps: PsReply | None) -> tuple[ModelInfo, ...]:
     """Combine /api/tags with /api/ps (None when the server has no /api/ps)."""
     running = {m.name: m for m in ps.models} if ps else {}

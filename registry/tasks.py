@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import secrets
 
 from celery import shared_task
 from django.conf import settings
 
-from registry import services
+from registry import metrics, services
 
 logger = logging.getLogger(__name__)
 
@@ -20,19 +21,37 @@ def probe_sweep() -> int:
     leases its endpoints, so two sweeps never probe the same endpoint at once.
     """
     plan = services.sweep_plan()
+    sweep = secrets.token_hex(8)
+    try:  # the sweep's duration is measured from here to its last chunk's end, whichever worker runs it
+        metrics.sweep_started(sweep, len(plan))
+    except Exception:  # metrics must never stop a sweep
+        logger.warning("could not note the sweep's start for /metrics", exc_info=True)
+        sweep = None
     for delay, chunk in plan:
-        probe_endpoints.apply_async(args=[chunk], countdown=delay, expires=delay + settings.PROBE_INTERVAL_SECONDS)
+        probe_endpoints.apply_async(
+            args=[chunk], kwargs={"sweep": sweep}, countdown=delay, expires=delay + settings.PROBE_INTERVAL_SECONDS
+        )
     return len(plan)
 
 
 @shared_task(ignore_result=True)
-def probe_endpoints(ids: list[int]) -> list[int]:
+def probe_endpoints(ids: list[int], sweep: str | None = None) -> list[int]:
     """Probe the given endpoints concurrently and record the results; return the changed ids."""
     try:
         return services.probe(ids)
     except Exception:  # a task boundary: log, and let the next sweep try again
         logger.exception("probe run over %d endpoints failed", len(ids))
         return []
+    finally:
+        if sweep:
+            _chunk_done(sweep)
+
+
+def _chunk_done(sweep: str) -> None:
+    try:
+        metrics.sweep_chunk_done(sweep)
+    except Exception:
+        logger.warning("could not note a sweep chunk's end for /metrics", exc_info=True)
 
 
 @shared_task(ignore_result=True)

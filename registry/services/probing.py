@@ -16,7 +16,7 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from registry import ollama, signals
+from registry import metrics, ollama, signals
 from registry.models import Endpoint, EndpointModel, Event
 from registry.services.common import PROBE_TASK, allowed_networks
 from registry.services.events import endpoint_event, record_events, status_event
@@ -124,6 +124,7 @@ def probe(ids: Iterable[int] | None) -> list[int]:
             allowed=allowed_networks(),
             ca_bundle=settings.PROBE_CA_BUNDLE,
         )
+        metrics.probes_done(results)  # in memory; sent to Redis by the flusher thread
         return record_probe_results(results)
     finally:
         release_claim(claim)

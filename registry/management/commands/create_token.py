@@ -11,7 +11,7 @@ from registry.models import Token
 class Command(BaseCommand):
     help = (
         "Create a bearer token for a sidecar (may only report), an agent (may only read routes and the "
-        "snapshot) or an admin client (may manage endpoints)."
+        "snapshot), a Prometheus scraper (metrics: may only read /metrics) or an admin client (may manage endpoints)."
     )
 
     def add_arguments(self, parser):

@@ -161,7 +161,7 @@ class ProbeResult:
 
 # Why probes fail, as a small fixed set (the Prometheus label `reason`): every error text a probe
 # can produce maps to one of these, so a dashboard of failures never grows a series per message.
-FAILURE_REASONS = ("timeout", "refused", "unreachable", "dns", "http_status", "bad_reply", "not_allowed", "other")
+FAILURE_REASONS = ("timeout", "refused", "unreachable", "dns", "tls", "http_status", "bad_reply", "not_allowed", "other")
 _REASON_BY_PREFIX = (
     ("timed out", "timeout"),
     ("connection timed out", "timeout"),
@@ -170,6 +170,8 @@ _REASON_BY_PREFIX = (
     ("network unreachable", "unreachable"),
     ("name does not resolve", "dns"),
     ("host name is not valid", "dns"),
+    ("certificate ", "tls"),
+    ("TLS ", "tls"),
     ("HTTP ", "http_status"),
     ("redirect refused", "http_status"),
     ("reply ", "bad_reply"),

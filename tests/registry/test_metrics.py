@@ -176,6 +176,9 @@ def test_probes_count_their_durations_and_failures_by_reason(fake_fleet, admin_t
         ("reply larger than 1 MiB", "bad_reply"),
         ("connection closed by the server", "bad_reply"),
         ("address not allowed", "not_allowed"),
+        ("certificate not trusted", "tls"),
+        ("certificate does not match the host name", "tls"),
+        ("TLS handshake failed", "tls"),
         ("connection failed", "other"),
     ],
 )

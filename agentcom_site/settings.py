@@ -233,6 +233,8 @@ RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0
 REGISTRY_TRUSTED_PROXIES = env_str("REGISTRY_TRUSTED_PROXIES", "")
 env_parsed("REGISTRY_TRUSTED_PROXIES", "", lambda text: parse_networks(text) if text else [])
 RESOURCE_HISTORY_SECONDS = env_float("RESOURCE_HISTORY_SECONDS", 60.0, minimum=0.0)
+# Days of downsampled history kept (15-minute min/avg/max per host and per endpoint).
+HISTORY_RETENTION_DAYS = env_float("HISTORY_RETENTION_DAYS", 30.0, minimum=0.01)
 # A revoked token stops working in every process within this time (tokens are cached in memory).
 TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0.0)
 # Sidecar reports waiting to be written (per web process) beyond which the hub answers 503.
@@ -266,6 +268,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": PROBE_INTERVAL_SECONDS,
         # A sweep that cannot start before the next tick is dropped, not piled up.
         "options": {"expires": PROBE_INTERVAL_SECONDS},
+    },
+    # Closed 15-minute buckets of history become aggregates (idempotent; the tail is read raw).
+    "roll-up-history": {
+        "task": "registry.tasks.roll_up_history",
+        "schedule": 300.0,
+        "options": {"expires": 300.0},
     },
     "prune-resource-history": {
         "task": "registry.tasks.prune_history",

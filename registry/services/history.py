@@ -1,0 +1,448 @@
+"""History over time: host resources and probe latency, raw and rolled up, and reading curves.
+
+Two tiers, so that 30 days of history cost little room (sizes in README, History):
+- raw: ResourceSnapshot (one row per host per RESOURCE_HISTORY_SECONDS, written with the
+  report's group commit) and EndpointLatency minutes (span 60: each probe chunk adds its results
+  to the current minute in one upsert statement); kept RESOURCE_RETENTION_HOURS.
+- rolled up: 15-minute min/avg/max (ResourceRollup, EndpointLatency span 900), written by the
+  roll-up task for closed buckets only (idempotent upserts); kept HISTORY_RETENTION_DAYS.
+A read picks per stretch of time the tier that has it at the step asked, and bins it to `step`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Max, Min
+from django.utils import timezone
+
+from registry.models import Endpoint, EndpointLatency, Host, ResourceRollup, ResourceSnapshot
+from registry.services.common import NotFound, RegistryError
+
+MINUTE = 60
+BUCKET_SECONDS = 900  # the rolled-up tier: one row per host (and per endpoint) per 15 minutes
+GRACE_SECONDS = 60  # a bucket is rolled up this long after it closed (reports in flight are written)
+MAX_POINTS = 3000  # per series: 24 h at step 60 (1,440) and 30 days at step 900 (2,880) fit
+MAX_HOSTS = 100  # per request of several hosts' curves (the page asks for the rows on screen)
+MAX_STEP = 86_400
+STEP_LADDER = (60, 300, 900, 3600, 10_800, 21_600, 43_200, 86_400)  # the step chosen when none is given
+_RELATIVE = re.compile(r"^-(\d{1,7})([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _floor(moment: datetime, seconds: int) -> datetime:
+    return datetime.fromtimestamp(_epoch(moment) // seconds * seconds, tz=UTC)
+
+
+# --- latency samples (the probe path) -----------------------------------------------------
+
+
+def add_latency_samples(results: Iterable, now: datetime) -> None:
+    """Add probe results (ok, latency_ms) to each endpoint's current minute: one statement run
+    as one executemany per probe chunk, inside the caller's transaction."""
+    start = connection.ops.adapt_datetimefield_value(_floor(now, MINUTE))
+    rows = []
+    for r in results:
+        ok = r.ok and r.latency_ms is not None
+        latency = int(r.latency_ms) if ok else None
+        rows.append([r.id, start, MINUTE, 1, 0 if ok else 1, latency or 0, latency, latency])
+    if not rows:
+        return
+    with connection.cursor() as cursor:
+        cursor.executemany(_latency_upsert_sql(), rows)
+
+
+def _latency_upsert_sql() -> str:
+    q = connection.ops.quote_name
+    table = q(EndpointLatency._meta.db_table)
+    cols = ["endpoint_id", "start", "span", "probes", "failures", "total_ms", "min_ms", "max_ms"]
+
+    def keep(col: str, op: str) -> str:  # portable min/max (SQLite has no LEAST, PostgreSQL no 2-arg MIN)
+        c = q(col)
+        return f"{c} = CASE WHEN {table}.{c} IS NULL OR EXCLUDED.{c} {op} {table}.{c} THEN EXCLUDED.{c} ELSE {table}.{c} END"
+
+    added = [f"{q(c)} = {table}.{q(c)} + EXCLUDED.{q(c)}" for c in ("probes", "failures", "total_ms")]
+    return (
+        f"INSERT INTO {table} ({', '.join(q(c) for c in cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
+        f"ON CONFLICT ({q('endpoint_id')}, {q('span')}, {q('start')}) DO UPDATE SET "
+        + ", ".join([*added, keep("min_ms", "<"), keep("max_ms", ">")])
+    )
+
+
+# --- roll-up and retention (the beat tasks) -----------------------------------------------
+
+
+def roll_up(*, now: datetime | None = None) -> int:
+    """Turn closed 15-minute buckets of raw history into aggregates; return the rows written.
+
+    Idempotent: it starts after the last bucket already rolled up, and a bucket written twice
+    is written with the same values (upsert on its unique key).
+    """
+    now = now or timezone.now()
+    closed = _floor(now - timedelta(seconds=GRACE_SECONDS), BUCKET_SECONDS)  # buckets before this are closed
+    return _roll_up_hosts(closed) + _roll_up_latency(closed)
+
+
+def _first_open(last_rolled: datetime | None, oldest_raw: datetime | None) -> datetime | None:
+    """The first bucket not rolled up yet (one range query reads them all, however many)."""
+    if oldest_raw is None:
+        return None
+    first = _floor(oldest_raw, BUCKET_SECONDS)
+    return max(first, last_rolled + timedelta(seconds=BUCKET_SECONDS)) if last_rolled else first
+
+
+def _roll_up_hosts(closed: datetime) -> int:
+    first = _first_open(
+        ResourceRollup.objects.aggregate(m=Max("start"))["m"],
+        ResourceSnapshot.objects.aggregate(m=Min("reported_at"))["m"],
+    )
+    if first is None or first >= closed:
+        return 0
+    raw = (
+        ResourceSnapshot.objects.filter(reported_at__gte=first, reported_at__lt=closed)
+        .order_by()
+        .values_list("host_id", "reported_at", *_RAW_FIELDS)
+    )
+    bins: dict[tuple[int, int], _Bin] = {}
+    for host_id, at, *values in raw.iterator(chunk_size=5000):
+        key = (host_id, _epoch(at) // BUCKET_SECONDS * BUCKET_SECONDS)
+        bins.setdefault(key, _Bin()).add_raw(*values)
+    rows = [b.rollup(host_id, datetime.fromtimestamp(t, tz=UTC)) for (host_id, t), b in bins.items()]
+    ResourceRollup.objects.bulk_create(
+        rows,
+        batch_size=500,
+        update_conflicts=True,
+        unique_fields=["host", "start"],
+        update_fields=[f.name for f in ResourceRollup._meta.concrete_fields if f.name not in ("id", "host", "start")],
+    )
+    return len(rows)
+
+
+def _roll_up_latency(closed: datetime) -> int:
+    first = _first_open(
+        EndpointLatency.objects.filter(span=BUCKET_SECONDS).aggregate(m=Max("start"))["m"],
+        EndpointLatency.objects.filter(span=MINUTE).aggregate(m=Min("start"))["m"],
+    )
+    if first is None or first >= closed:
+        return 0
+    minutes = (
+        EndpointLatency.objects.filter(span=MINUTE, start__gte=first, start__lt=closed)
+        .order_by()
+        .values_list("endpoint_id", "start", "probes", "failures", "total_ms", "min_ms", "max_ms")
+    )
+    sums: dict[tuple[int, int], list] = {}
+    for endpoint_id, start, *values in minutes.iterator(chunk_size=5000):
+        key = (endpoint_id, _epoch(start) // BUCKET_SECONDS * BUCKET_SECONDS)
+        _add_latency(sums.setdefault(key, [0, 0, 0, None, None]), *values)
+    rows = [
+        EndpointLatency(
+            endpoint_id=endpoint_id,
+            start=datetime.fromtimestamp(t, tz=UTC),
+            span=BUCKET_SECONDS,
+            probes=s[0],
+            failures=s[1],
+            total_ms=s[2],
+            min_ms=s[3],
+            max_ms=s[4],
+        )
+        for (endpoint_id, t), s in sums.items()
+    ]
+    EndpointLatency.objects.bulk_create(
+        rows,
+        batch_size=500,
+        update_conflicts=True,
+        unique_fields=["endpoint_id", "span", "start"],
+        update_fields=["probes", "failures", "total_ms", "min_ms", "max_ms"],
+    )
+    return len(rows)
+
+
+def _add_latency(acc: list, probes: int, failures: int, total: int, low: int | None, high: int | None) -> None:
+    acc[0] += probes
+    acc[1] += failures
+    acc[2] += total
+    if low is not None:
+        acc[3] = low if acc[3] is None else min(acc[3], low)
+    if high is not None:
+        acc[4] = high if acc[4] is None else max(acc[4], high)
+
+
+def prune_snapshots(*, now: datetime | None = None) -> int:
+    """Delete raw resource history older than RESOURCE_RETENTION_HOURS (hosts keep their latest values)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.RESOURCE_RETENTION_HOURS)
+    deleted, _ = ResourceSnapshot.objects.filter(reported_at__lt=cutoff).delete()
+    return deleted
+
+
+def prune_history(*, now: datetime | None = None) -> int:
+    """Roll up what is closed, then delete history past its retention; return the rows deleted.
+
+    Rolling up first means a roll-up task that fell behind loses nothing to the raw cutoff.
+    Latency of endpoints no longer registered goes too (no foreign key cascades to it).
+    """
+    now = now or timezone.now()
+    roll_up(now=now)
+    raw_cutoff = now - timedelta(hours=settings.RESOURCE_RETENTION_HOURS)
+    old = now - timedelta(days=settings.HISTORY_RETENTION_DAYS)
+    deleted = prune_snapshots(now=now)
+    with transaction.atomic():
+        deleted += EndpointLatency.objects.filter(span=MINUTE, start__lt=raw_cutoff).delete()[0]
+        deleted += EndpointLatency.objects.filter(start__lt=old).delete()[0]
+        deleted += ResourceRollup.objects.filter(start__lt=old).delete()[0]
+        deleted += EndpointLatency.objects.exclude(endpoint_id__in=Endpoint.objects.values("id")).delete()[0]
+    return deleted
+
+
+# --- reading curves -----------------------------------------------------------------------
+
+
+_RAW_FIELDS = ("cpu_percent", "ram_used_bytes", "ram_total_bytes", "vram_used_bytes", "vram_total_bytes", "gpus")
+_ROLLUP_FIELDS = (
+    "samples",
+    "cpu_min",
+    "cpu_avg",
+    "cpu_max",
+    "ram_avg",
+    "ram_max",
+    "vram_avg",
+    "vram_max",
+    "gpus",
+)
+
+
+def _pct(used, total) -> float | None:
+    return 100.0 * used / total if used is not None and total else None
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+class _Stat:
+    """Weighted mean, min and max of one quantity over a bin."""
+
+    __slots__ = ("n", "total", "low", "high")
+
+    def __init__(self) -> None:
+        self.n, self.total, self.low, self.high = 0, 0.0, math.inf, -math.inf
+
+    def add(self, avg: float | None, n: int = 1, low: float | None = None, high: float | None = None) -> None:
+        if avg is None:
+            return
+        self.n += n
+        self.total += avg * n
+        self.low = min(self.low, avg if low is None else low)
+        self.high = max(self.high, avg if high is None else high)
+
+    def avg(self) -> float | None:
+        return self.total / self.n if self.n else None
+
+    def max(self) -> float | None:
+        return self.high if self.n else None
+
+    def min(self) -> float | None:
+        return self.low if self.n else None
+
+
+class _Bin:
+    """Everything known of one host over one bin: from raw rows (weight 1) and rollups (weight = samples)."""
+
+    __slots__ = ("samples", "cpu", "ram", "vram", "gpus")
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.cpu, self.ram, self.vram = _Stat(), _Stat(), _Stat()
+        self.gpus: dict[int, _Stat] = {}
+
+    def add_raw(self, cpu, ram_used, ram_total, vram_used, vram_total, gpus) -> None:
+        self.samples += 1
+        self.cpu.add(cpu)
+        self.ram.add(_pct(ram_used, ram_total))
+        self.vram.add(_pct(vram_used, vram_total))
+        for g in gpus or ():
+            self.gpus.setdefault(g.get("index", 0), _Stat()).add(
+                _pct(g.get("memory_used_bytes"), g.get("memory_total_bytes"))
+            )
+
+    def add_rollup(self, n, cpu_min, cpu_avg, cpu_max, ram_avg, ram_max, vram_avg, vram_max, gpus) -> None:
+        self.samples += n
+        self.cpu.add(cpu_avg, n, cpu_min, cpu_max)
+        self.ram.add(ram_avg, n, None, ram_max)
+        self.vram.add(vram_avg, n, None, vram_max)
+        for index, avg, high in gpus or ():
+            self.gpus.setdefault(index, _Stat()).add(avg, n, None, high)
+
+    def rollup(self, host_id: int, start: datetime) -> ResourceRollup:
+        return ResourceRollup(
+            host_id=host_id,
+            start=start,
+            samples=self.samples,
+            cpu_min=_r(self.cpu.min()) or 0.0,
+            cpu_avg=_r(self.cpu.avg()) or 0.0,
+            cpu_max=_r(self.cpu.max()) or 0.0,
+            ram_avg=_r(self.ram.avg()) or 0.0,
+            ram_max=_r(self.ram.max()) or 0.0,
+            vram_avg=_r(self.vram.avg()),
+            vram_max=_r(self.vram.max()),
+            gpus=[[i, _r(s.avg()), _r(s.max())] for i, s in sorted(self.gpus.items()) if s.n],
+        )
+
+
+def parse_window(since: str | None, step: int | None, *, now: datetime) -> tuple[datetime, int]:
+    """Check `since` (relative "-90m", "-24h", "-30d", or an ISO 8601 time; default the last 24 h)
+    and `step` (seconds, a multiple of 60; default the finest keeping MAX_POINTS); return them."""
+    since_at = _since(since or "-24h", now)
+    oldest = now - timedelta(days=settings.HISTORY_RETENTION_DAYS)
+    since_at = min(max(since_at, oldest), now)  # nothing is kept before; nothing is known after
+    window = (now - since_at).total_seconds()
+    if step is None:
+        step = next((s for s in STEP_LADDER if window / s <= MAX_POINTS), MAX_STEP)
+    if isinstance(step, bool) or not isinstance(step, int) or not MINUTE <= step <= MAX_STEP or step % MINUTE:
+        raise RegistryError("invalid_step", f"step must be a whole number of minutes in seconds, 60 to {MAX_STEP}.")
+    if math.ceil(window / step) > MAX_POINTS:
+        needed = math.ceil(window / MAX_POINTS / MINUTE) * MINUTE
+        raise RegistryError(
+            "too_many_points",
+            f"at most {MAX_POINTS} points per curve: this window needs step={needed} or more.",
+        )
+    return since_at, step
+
+
+def _since(text: str, now: datetime) -> datetime:
+    text = text.strip()
+    relative = _RELATIVE.match(text)
+    if relative:
+        seconds = int(relative.group(1)) * _UNIT[relative.group(2)]
+        return now - timedelta(seconds=min(seconds, 10 * 365 * 86_400))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise RegistryError(
+            "invalid_since",
+            'since must be a time ago ("-90m", "-24h", "-30d") or an ISO 8601 time ("2026-11-27T08:00:00Z").',
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _split(step: int, since: datetime, now: datetime, rolled_until: datetime | None) -> datetime:
+    """Where raw rows take over from rolled-up ones: at a coarse step, after the last bucket rolled
+    up (fewer rows to read); at a fine one, as far back as raw rows are kept."""
+    if step >= BUCKET_SECONDS:
+        split = rolled_until or since
+    else:  # up to the next bucket boundary: the bucket across the raw cutoff is read rolled up, whole
+        oldest_raw = now - timedelta(hours=settings.RESOURCE_RETENTION_HOURS)
+        split = _floor(oldest_raw, BUCKET_SECONDS) + timedelta(seconds=BUCKET_SECONDS)
+    return min(max(split, since), now)
+
+
+def _rolled_until(queryset) -> datetime | None:
+    last = queryset.aggregate(m=Max("start"))["m"]
+    return last + timedelta(seconds=BUCKET_SECONDS) if last else None
+
+
+def host_history(name: str, since: str | None, step: int | None, *, now: datetime | None = None) -> dict:
+    """One host's CPU, RAM and VRAM (and per GPU) over time, as column arrays; NotFound for an unknown host."""
+    now = now or timezone.now()
+    since_at, step = parse_window(since, step, now=now)
+    host = Host.objects.filter(name=name).values("id", "gpus").first()
+    if host is None:
+        raise NotFound("not_found", f"host {name!r} is not known.")
+    series = _host_series({host["id"]: host["gpus"]}, since_at, step, now)
+    return {"host": name, **_window(since_at, now, step), **series[host["id"]]}
+
+
+def hosts_history(names: Iterable[str], since: str | None, step: int | None, *, now: datetime | None = None) -> dict:
+    """Several hosts' curves in one reply (the page's sparklines); unknown names are left out."""
+    now = now or timezone.now()
+    wanted = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    if not wanted or len(wanted) > MAX_HOSTS:
+        raise RegistryError("invalid_names", f"names must list 1 to {MAX_HOSTS} host names, comma-separated.")
+    since_at, step = parse_window(since, step, now=now)
+    hosts = {row["id"]: row for row in Host.objects.filter(name__in=wanted).values("id", "name", "gpus")}
+    series = _host_series({i: row["gpus"] for i, row in hosts.items()}, since_at, step, now)
+    return {**_window(since_at, now, step), "hosts": {hosts[i]["name"]: s for i, s in series.items()}}
+
+
+def _window(since: datetime, now: datetime, step: int) -> dict:
+    return {"since": since, "until": now, "step": step}
+
+
+def _host_series(hosts: dict[int, list], since: datetime, step: int, now: datetime) -> dict[int, dict]:
+    """host id -> its curves from `since` to `now`, binned by `step` (bins without data are left out)."""
+    bins: dict[int, dict[int, _Bin]] = {host_id: {} for host_id in hosts}
+    if hosts:
+        split = _split(step, since, now, _rolled_until(ResourceRollup.objects.filter(host_id__in=list(hosts))))
+        rolled = ResourceRollup.objects.filter(host_id__in=list(hosts), start__gte=since, start__lt=split)
+        for host_id, start, *values in rolled.order_by().values_list("host_id", "start", *_ROLLUP_FIELDS):
+            bins[host_id].setdefault(_epoch(start) // step * step, _Bin()).add_rollup(*values)
+        raw = ResourceSnapshot.objects.filter(host_id__in=list(hosts), reported_at__gte=split, reported_at__lte=now)
+        for host_id, at, *values in raw.order_by().values_list("host_id", "reported_at", *_RAW_FIELDS):
+            bins[host_id].setdefault(_epoch(at) // step * step, _Bin()).add_raw(*values)
+    return {host_id: _columns(bins[host_id], gpus) for host_id, gpus in hosts.items()}
+
+
+def _columns(bins: dict[int, _Bin], gpus_now: list) -> dict:
+    order = sorted(bins)
+    col = [bins[t] for t in order]
+    names = {g.get("index"): g.get("name", "") for g in gpus_now or ()}
+    indexes = sorted({i for b in col for i in b.gpus})
+    return {
+        "t": order,
+        "samples": [b.samples for b in col],
+        "cpu": [_r(b.cpu.avg()) for b in col],
+        "cpu_min": [_r(b.cpu.min()) for b in col],
+        "cpu_max": [_r(b.cpu.max()) for b in col],
+        "ram": [_r(b.ram.avg()) for b in col],
+        "ram_max": [_r(b.ram.max()) for b in col],
+        "vram": [_r(b.vram.avg()) for b in col],
+        "vram_max": [_r(b.vram.max()) for b in col],
+        "gpus": [
+            {
+                "index": i,
+                "name": names.get(i, ""),
+                "used": [_r(b.gpus[i].avg()) if i in b.gpus else None for b in col],
+                "max": [_r(b.gpus[i].max()) if i in b.gpus else None for b in col],
+            }
+            for i in indexes
+        ],
+    }
+
+
+def endpoint_history(endpoint_id: int, since: str | None, step: int | None, *, now: datetime | None = None) -> dict:
+    """One endpoint's probe latency (avg, min, max ms), probes and failures over time, as column arrays."""
+    now = now or timezone.now()
+    since_at, step = parse_window(since, step, now=now)
+    if not 0 < endpoint_id < 2**63 or not Endpoint.objects.filter(id=endpoint_id).exists():
+        raise NotFound("not_found", f"endpoint {endpoint_id} does not exist.")
+    rows = EndpointLatency.objects.filter(endpoint_id=endpoint_id)
+    split = _split(step, since_at, now, _rolled_until(rows.filter(span=BUCKET_SECONDS)))
+    older = rows.filter(span=BUCKET_SECONDS, start__gte=since_at, start__lt=split)
+    newer = rows.filter(span=MINUTE, start__gte=_floor(split, MINUTE), start__lte=now)
+    sums: dict[int, list] = {}
+    for part in (older, newer):
+        for start, *values in part.order_by().values_list(
+            "start", "probes", "failures", "total_ms", "min_ms", "max_ms"
+        ):
+            _add_latency(sums.setdefault(_epoch(start) // step * step, [0, 0, 0, None, None]), *values)
+    order = sorted(sums)
+    col = [sums[t] for t in order]
+    return {
+        "endpoint_id": endpoint_id,
+        **_window(since_at, now, step),
+        "t": order,
+        "probes": [s[0] for s in col],
+        "failures": [s[1] for s in col],
+        "latency": [round(s[2] / (s[0] - s[1]), 1) if s[0] > s[1] else None for s in col],
+        "latency_min": [s[3] for s in col],
+        "latency_max": [s[4] for s in col],
+    }

@@ -269,11 +269,12 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep that cannot start before the next tick is dropped, not piled up.
         "options": {"expires": PROBE_INTERVAL_SECONDS},
     },
-    # Closed 15-minute buckets of history become aggregates (idempotent; the tail is read raw).
+    # Probe chunks' latency samples become per-endpoint minutes, closed 15-minute buckets of
+    # history become aggregates (idempotent; the newest stretch is read raw).
     "roll-up-history": {
         "task": "registry.tasks.roll_up_history",
-        "schedule": 300.0,
-        "options": {"expires": 300.0},
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
     },
     "prune-resource-history": {
         "task": "registry.tasks.prune_history",

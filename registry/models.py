@@ -185,13 +185,27 @@ class ResourceRollup(models.Model):
         return f"{self.host_id} @ {self.start:%Y-%m-%d %H:%M}"
 
 
+class LatencySample(models.Model):
+    """One probe chunk's latencies, as the probe path wrote them: ONE row per chunk, not per probe.
+
+    `data` is compact JSON, [[endpoint id, ms or null when the probe failed], ...]. The roll-up
+    task (every minute) adds them to EndpointLatency minutes and deletes them.
+    """
+
+    at = models.DateTimeField(db_index=True)
+    data = models.TextField()
+
+    def __str__(self) -> str:
+        return f"latency sample @ {self.at:%Y-%m-%d %H:%M:%S}"
+
+
 class EndpointLatency(models.Model):
     """An endpoint's probes over one minute (span 60, kept RESOURCE_RETENTION_HOURS) or one
     15-minute bucket (span 900, rolled up from the minutes, kept HISTORY_RETENTION_DAYS).
 
-    The probe path adds each chunk's results to the current minute in one statement (an
-    upsert per endpoint, run as one executemany). `endpoint_id` is no foreign key: removing
-    1,000 endpoints must not cascade through millions of rows; the prune task drops orphans.
+    Written by the roll-up task only (from LatencySample rows), never on the probe path.
+    `endpoint_id` is no foreign key: removing 1,000 endpoints must not cascade through millions
+    of rows; the prune task drops orphans.
     """
 
     endpoint_id = models.BigIntegerField()

@@ -2,8 +2,8 @@
 
 Two tiers, so that 30 days of history cost little room (sizes in README, History):
 - raw: ResourceSnapshot (one row per host per RESOURCE_HISTORY_SECONDS, written with the
-  report's group commit) and EndpointLatency minutes (span 60: each probe chunk adds its results
-  to the current minute in one upsert statement); kept RESOURCE_RETENTION_HOURS.
+  report's group commit) and EndpointLatency minutes (span 60, made by the roll-up task from the
+  one LatencySample row each probe chunk writes); kept RESOURCE_RETENTION_HOURS.
 - rolled up: 15-minute min/avg/max (ResourceRollup, EndpointLatency span 900), written by the
   roll-up task for closed buckets only (idempotent upserts); kept HISTORY_RETENTION_DAYS.
 A read picks per stretch of time the tier that has it at the step asked, and bins it to `step`.
@@ -16,17 +16,20 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max, Min
+from django.db.models import BigIntegerField, F, Func, Max, Min, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
-from registry.models import Endpoint, EndpointLatency, Host, ResourceRollup, ResourceSnapshot
+from registry.models import Endpoint, EndpointLatency, Host, LatencySample, ResourceRollup, ResourceSnapshot
 from registry.services.common import NotFound, RegistryError
 
 MINUTE = 60
 BUCKET_SECONDS = 900  # the rolled-up tier: one row per host (and per endpoint) per 15 minutes
 GRACE_SECONDS = 60  # a bucket is rolled up this long after it closed (reports in flight are written)
+SAMPLE_GRACE_SECONDS = 10  # probe chunks in flight when a minute ends are written within this
 MAX_POINTS = 3000  # per series: 24 h at step 60 (1,440) and 30 days at step 900 (2,880) fit
 MAX_HOSTS = 100  # per request of several hosts' curves (the page asks for the rows on screen)
 MAX_STEP = 86_400
@@ -39,6 +42,29 @@ def _epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
+class Epoch(Func):
+    """A timestamp as Unix seconds, computed by the database: thousands of rows are read per curve,
+    and Django's per-row datetime conversion would cost more than the rest of the read."""
+
+    output_field = BigIntegerField()
+
+    def as_sqlite(self, compiler, connection, **extra):
+        # %%%%s: the template becomes %%s, which Django's SQLite cursor turns into %s (not a parameter)
+        return self.as_sql(
+            compiler, connection, template="CAST(strftime('%%%%s', %(expressions)s) AS INTEGER)", **extra
+        )
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return self.as_sql(
+            compiler, connection, template="CAST(EXTRACT(EPOCH FROM %(expressions)s) AS BIGINT)", **extra
+        )
+
+
+def _json_text(field: str) -> Cast:
+    """A JSON column as its text, decoded by orjson (Django's JSONField decodes with json, per row)."""
+    return Cast(F(field), TextField())
+
+
 def _floor(moment: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(_epoch(moment) // seconds * seconds, tz=UTC)
 
@@ -47,21 +73,15 @@ def _floor(moment: datetime, seconds: int) -> datetime:
 
 
 def add_latency_samples(results: Iterable, now: datetime) -> None:
-    """Add probe results (ok, latency_ms) to each endpoint's current minute: one statement run
-    as one executemany per probe chunk, inside the caller's transaction."""
-    start = connection.ops.adapt_datetimefield_value(_floor(now, MINUTE))
-    rows = []
-    for r in results:
-        ok = r.ok and r.latency_ms is not None
-        latency = int(r.latency_ms) if ok else None
-        rows.append([r.id, start, MINUTE, 1, 0 if ok else 1, latency or 0, latency, latency])
-    if not rows:
-        return
-    with connection.cursor() as cursor:
-        cursor.executemany(_latency_upsert_sql(), rows)
+    """Keep a probe chunk's latencies (null for a failed probe) as ONE compact row, inside the
+    caller's transaction; the roll-up task turns them into per-endpoint minutes."""
+    data = [[r.id, int(r.latency_ms) if r.ok and r.latency_ms is not None else None] for r in results]
+    if data:
+        LatencySample.objects.create(at=now, data=orjson.dumps(data).decode())
 
 
 def _latency_upsert_sql() -> str:
+    """Add to an endpoint's minute (or create it): repeated roll-ups of new samples add up."""
     q = connection.ops.quote_name
     table = q(EndpointLatency._meta.db_table)
     cols = ["endpoint_id", "start", "span", "probes", "failures", "total_ms", "min_ms", "max_ms"]
@@ -78,6 +98,27 @@ def _latency_upsert_sql() -> str:
     )
 
 
+def _minutes_from_samples(before: datetime) -> int:
+    """Add the chunk samples taken before `before` to their endpoints' minutes, and delete them
+    in the same transaction (so each sample counts once however often this runs)."""
+    with transaction.atomic():
+        samples = list(LatencySample.objects.filter(at__lt=before).values_list("id", "at", "data"))
+        if not samples:
+            return 0
+        minutes: dict[tuple[int, datetime], list] = {}
+        for _, at, data in samples:
+            start = _floor(at, MINUTE)
+            for endpoint_id, ms in orjson.loads(data):
+                acc = minutes.setdefault((endpoint_id, start), [0, 0, 0, None, None])
+                _add_latency(acc, 1, 0 if ms is not None else 1, ms or 0, ms, ms)
+        adapt = connection.ops.adapt_datetimefield_value
+        rows = [[i, adapt(start), MINUTE, *acc] for (i, start), acc in minutes.items()]
+        with connection.cursor() as cursor:
+            cursor.executemany(_latency_upsert_sql(), rows)
+        LatencySample.objects.filter(id__in=[i for i, _, _ in samples]).delete()
+    return len(rows)
+
+
 # --- roll-up and retention (the beat tasks) -----------------------------------------------
 
 
@@ -88,8 +129,9 @@ def roll_up(*, now: datetime | None = None) -> int:
     is written with the same values (upsert on its unique key).
     """
     now = now or timezone.now()
+    minutes = _minutes_from_samples(_floor(now - timedelta(seconds=SAMPLE_GRACE_SECONDS), MINUTE))
     closed = _floor(now - timedelta(seconds=GRACE_SECONDS), BUCKET_SECONDS)  # buckets before this are closed
-    return _roll_up_hosts(closed) + _roll_up_latency(closed)
+    return minutes + _roll_up_hosts(closed) + _roll_up_latency(closed)
 
 
 def _first_open(last_rolled: datetime | None, oldest_raw: datetime | None) -> datetime | None:
@@ -107,14 +149,10 @@ def _roll_up_hosts(closed: datetime) -> int:
     )
     if first is None or first >= closed:
         return 0
-    raw = (
-        ResourceSnapshot.objects.filter(reported_at__gte=first, reported_at__lt=closed)
-        .order_by()
-        .values_list("host_id", "reported_at", *_RAW_FIELDS)
-    )
+    raw = _raw_rows(ResourceSnapshot.objects.filter(reported_at__gte=first, reported_at__lt=closed))
     bins: dict[tuple[int, int], _Bin] = {}
     for host_id, at, *values in raw.iterator(chunk_size=5000):
-        key = (host_id, _epoch(at) // BUCKET_SECONDS * BUCKET_SECONDS)
+        key = (host_id, at // BUCKET_SECONDS * BUCKET_SECONDS)
         bins.setdefault(key, _Bin()).add_raw(*values)
     rows = [b.rollup(host_id, datetime.fromtimestamp(t, tz=UTC)) for (host_id, t), b in bins.items()]
     ResourceRollup.objects.bulk_create(
@@ -137,11 +175,12 @@ def _roll_up_latency(closed: datetime) -> int:
     minutes = (
         EndpointLatency.objects.filter(span=MINUTE, start__gte=first, start__lt=closed)
         .order_by()
-        .values_list("endpoint_id", "start", "probes", "failures", "total_ms", "min_ms", "max_ms")
+        .annotate(at=Epoch("start"))
+        .values_list("endpoint_id", "at", *_LATENCY_FIELDS)
     )
     sums: dict[tuple[int, int], list] = {}
     for endpoint_id, start, *values in minutes.iterator(chunk_size=5000):
-        key = (endpoint_id, _epoch(start) // BUCKET_SECONDS * BUCKET_SECONDS)
+        key = (endpoint_id, start // BUCKET_SECONDS * BUCKET_SECONDS)
         _add_latency(sums.setdefault(key, [0, 0, 0, None, None]), *values)
     rows = [
         EndpointLatency(
@@ -164,6 +203,9 @@ def _roll_up_latency(closed: datetime) -> int:
         update_fields=["probes", "failures", "total_ms", "min_ms", "max_ms"],
     )
     return len(rows)
+
+
+_LATENCY_FIELDS = ("probes", "failures", "total_ms", "min_ms", "max_ms")
 
 
 def _add_latency(acc: list, probes: int, failures: int, total: int, low: int | None, high: int | None) -> None:
@@ -197,6 +239,7 @@ def prune_history(*, now: datetime | None = None) -> int:
     deleted = prune_snapshots(now=now)
     with transaction.atomic():
         deleted += EndpointLatency.objects.filter(span=MINUTE, start__lt=raw_cutoff).delete()[0]
+        deleted += LatencySample.objects.filter(at__lt=raw_cutoff).delete()[0]
         deleted += EndpointLatency.objects.filter(start__lt=old).delete()[0]
         deleted += ResourceRollup.objects.filter(start__lt=old).delete()[0]
         deleted += EndpointLatency.objects.exclude(endpoint_id__in=Endpoint.objects.values("id")).delete()[0]
@@ -206,18 +249,19 @@ def prune_history(*, now: datetime | None = None) -> int:
 # --- reading curves -----------------------------------------------------------------------
 
 
-_RAW_FIELDS = ("cpu_percent", "ram_used_bytes", "ram_total_bytes", "vram_used_bytes", "vram_total_bytes", "gpus")
-_ROLLUP_FIELDS = (
-    "samples",
-    "cpu_min",
-    "cpu_avg",
-    "cpu_max",
-    "ram_avg",
-    "ram_max",
-    "vram_avg",
-    "vram_max",
-    "gpus",
-)
+_RAW_FIELDS = ("cpu_percent", "ram_used_bytes", "ram_total_bytes", "vram_used_bytes", "vram_total_bytes")
+
+
+def _raw_rows(queryset):
+    """(host id, Unix seconds, cpu, ram used, ram total, vram used, vram total, gpus JSON text) per raw row."""
+    return (
+        queryset.order_by()
+        .annotate(at=Epoch("reported_at"), gpus_text=_json_text("gpus"))
+        .values_list("host_id", "at", *_RAW_FIELDS, "gpus_text")
+    )
+
+
+_ROLLUP_FIELDS = ("samples", "cpu_min", "cpu_avg", "cpu_max", "ram_avg", "ram_max", "vram_avg", "vram_max")
 
 
 def _pct(used, total) -> float | None:
@@ -264,22 +308,23 @@ class _Bin:
         self.cpu, self.ram, self.vram = _Stat(), _Stat(), _Stat()
         self.gpus: dict[int, _Stat] = {}
 
-    def add_raw(self, cpu, ram_used, ram_total, vram_used, vram_total, gpus) -> None:
+    def add_raw(self, cpu, ram_used, ram_total, vram_used, vram_total, gpus_text) -> None:
         self.samples += 1
         self.cpu.add(cpu)
         self.ram.add(_pct(ram_used, ram_total))
         self.vram.add(_pct(vram_used, vram_total))
-        for g in gpus or ():
-            self.gpus.setdefault(g.get("index", 0), _Stat()).add(
-                _pct(g.get("memory_used_bytes"), g.get("memory_total_bytes"))
-            )
+        if gpus_text and gpus_text != "[]":
+            for g in orjson.loads(gpus_text):
+                self.gpus.setdefault(g.get("index", 0), _Stat()).add(
+                    _pct(g.get("memory_used_bytes"), g.get("memory_total_bytes"))
+                )
 
-    def add_rollup(self, n, cpu_min, cpu_avg, cpu_max, ram_avg, ram_max, vram_avg, vram_max, gpus) -> None:
+    def add_rollup(self, n, cpu_min, cpu_avg, cpu_max, ram_avg, ram_max, vram_avg, vram_max, gpus_text) -> None:
         self.samples += n
         self.cpu.add(cpu_avg, n, cpu_min, cpu_max)
         self.ram.add(ram_avg, n, None, ram_max)
         self.vram.add(vram_avg, n, None, vram_max)
-        for index, avg, high in gpus or ():
+        for index, avg, high in orjson.loads(gpus_text) if gpus_text else ():
             self.gpus.setdefault(index, _Stat()).add(avg, n, None, high)
 
     def rollup(self, host_id: int, start: datetime) -> ResourceRollup:
@@ -379,15 +424,24 @@ def _window(since: datetime, now: datetime, step: int) -> dict:
 
 def _host_series(hosts: dict[int, list], since: datetime, step: int, now: datetime) -> dict[int, dict]:
     """host id -> its curves from `since` to `now`, binned by `step` (bins without data are left out)."""
+    # The quarter hour across `since` is read whole: a curve never starts with a partial bucket.
     bins: dict[int, dict[int, _Bin]] = {host_id: {} for host_id in hosts}
     if hosts:
         split = _split(step, since, now, _rolled_until(ResourceRollup.objects.filter(host_id__in=list(hosts))))
-        rolled = ResourceRollup.objects.filter(host_id__in=list(hosts), start__gte=since, start__lt=split)
-        for host_id, start, *values in rolled.order_by().values_list("host_id", "start", *_ROLLUP_FIELDS):
-            bins[host_id].setdefault(_epoch(start) // step * step, _Bin()).add_rollup(*values)
+        last = split - timedelta(seconds=BUCKET_SECONDS)  # the last bucket wholly before the split
+        rolled = (
+            ResourceRollup.objects.filter(
+                host_id__in=list(hosts), start__gte=_floor(since, BUCKET_SECONDS), start__lte=last
+            )
+            .order_by()
+            .annotate(at=Epoch("start"), gpus_text=_json_text("gpus"))
+            .values_list("host_id", "at", *_ROLLUP_FIELDS, "gpus_text")
+        )
+        for host_id, at, *values in rolled:
+            bins[host_id].setdefault(at // step * step, _Bin()).add_rollup(*values)
         raw = ResourceSnapshot.objects.filter(host_id__in=list(hosts), reported_at__gte=split, reported_at__lte=now)
-        for host_id, at, *values in raw.order_by().values_list("host_id", "reported_at", *_RAW_FIELDS):
-            bins[host_id].setdefault(_epoch(at) // step * step, _Bin()).add_raw(*values)
+        for host_id, at, *values in _raw_rows(raw):
+            bins[host_id].setdefault(at // step * step, _Bin()).add_raw(*values)
     return {host_id: _columns(bins[host_id], gpus) for host_id, gpus in hosts.items()}
 
 
@@ -426,14 +480,13 @@ def endpoint_history(endpoint_id: int, since: str | None, step: int | None, *, n
         raise NotFound("not_found", f"endpoint {endpoint_id} does not exist.")
     rows = EndpointLatency.objects.filter(endpoint_id=endpoint_id)
     split = _split(step, since_at, now, _rolled_until(rows.filter(span=BUCKET_SECONDS)))
-    older = rows.filter(span=BUCKET_SECONDS, start__gte=since_at, start__lt=split)
+    last = split - timedelta(seconds=BUCKET_SECONDS)  # the last bucket wholly before the split
+    older = rows.filter(span=BUCKET_SECONDS, start__gte=_floor(since_at, BUCKET_SECONDS), start__lte=last)
     newer = rows.filter(span=MINUTE, start__gte=_floor(split, MINUTE), start__lte=now)
     sums: dict[int, list] = {}
     for part in (older, newer):
-        for start, *values in part.order_by().values_list(
-            "start", "probes", "failures", "total_ms", "min_ms", "max_ms"
-        ):
-            _add_latency(sums.setdefault(_epoch(start) // step * step, [0, 0, 0, None, None]), *values)
+        for at, *values in part.order_by().annotate(at=Epoch("start")).values_list("at", *_LATENCY_FIELDS):
+            _add_latency(sums.setdefault(at // step * step, [0, 0, 0, None, None]), *values)
     order = sorted(sums)
     col = [sums[t] for t in order]
     return {

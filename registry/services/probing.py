@@ -163,8 +163,8 @@ def _mark_checked(
 ) -> None:
     """Set last_checked_at of `ids` in one statement, and the latency and failure count that
     moved without a visible change (`quiet`: id -> (latency_ms, consecutive_failures)) in one
-    executemany: under load latencies jump on many endpoints at once. Every result's latency
-    joins its endpoint's minute of history in one more executemany (no row per probe)."""
+    executemany: under load latencies jump on many endpoints at once. The chunk's latencies are
+    kept for history as one compact row (no row per probe)."""
     with transaction.atomic():
         add_latency_samples(results, now)
         if not ids:

@@ -18,7 +18,7 @@ GiB = 1024**3
 @pytest.fixture
 def history(db):
     """Two hosts with the last two hours reported once a minute (gpu-01 with two GPUs), and an
-    endpoint probed for the last hour."""
+    endpoint probed once a minute in the hour before the current minute."""
     now = timezone.now()
     cards = [
         {"index": i, "name": "H100", "memory_used_bytes": (20 + 20 * i) * GiB, "memory_total_bytes": 80 * GiB}
@@ -41,9 +41,10 @@ def history(db):
         rows.append(ResourceSnapshot(host=cpu, **common))
     ResourceSnapshot.objects.bulk_create(rows)
     endpoint = Endpoint.objects.create(host=gpu, address="127.0.0.1", status=Endpoint.Status.HEALTHY)
-    for minute in range(60):
+    for minute in range(1, 61):
         at = now - timedelta(minutes=minute, seconds=5)
         services.record_probe_results([ProbeResult(endpoint.id, True, "", 20 + minute % 3, "", (), at)], now=at)
+    services.roll_up(now=now)  # the beat's task: chunk samples become per-minute rows
     return endpoint
 
 
@@ -82,7 +83,7 @@ def test_several_hosts_in_one_request_leave_unknown_names_out(api, admin_token, 
 
 
 def test_an_endpoints_latency_over_time(api, admin_token, history):
-    reply = api.get(f"/api/v1/endpoints/{history.id}/history?since=-1h&step=900", admin_token)
+    reply = api.get(f"/api/v1/endpoints/{history.id}/history?since=-2h&step=900", admin_token)
     assert reply.status_code == 200
     body = wire.EndpointHistory.model_validate(reply.json())
     assert sum(body.probes) == 60 and sum(body.failures) == 0

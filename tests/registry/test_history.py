@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from registry import services
-from registry.models import Endpoint, EndpointLatency, Host, ResourceRollup, ResourceSnapshot
+from registry.models import Endpoint, EndpointLatency, Host, LatencySample, ResourceRollup, ResourceSnapshot
 from registry.ollama import ProbeResult
 from registry.schemas import SidecarReport
 from registry.services.history import BUCKET_SECONDS, MAX_POINTS
@@ -114,8 +114,14 @@ def test_probe_latency_adds_up_per_minute_and_rolls_up_per_quarter_hour(hosts):
     for second, latency in ((0, 20), (15, 40), (30, None), (45, 30), (60, 100)):
         at = T0 + timedelta(seconds=second)
         services.record_probe_results([probe(endpoint.id, latency, at)], now=at)
+    assert LatencySample.objects.count() == 5  # the probe path wrote one compact row per chunk
+    assert services.roll_up(now=T0 + timedelta(seconds=75)) == 1  # the first minute closed; the second is open
+    assert services.roll_up(now=T0 + timedelta(seconds=75)) == 0  # its samples were consumed: counted once
     minute = EndpointLatency.objects.get(endpoint_id=endpoint.id, span=60, start=T0)
     assert (minute.probes, minute.failures, minute.total_ms, minute.min_ms, minute.max_ms) == (4, 1, 90, 20, 40)
+    assert LatencySample.objects.count() == 1
+    services.roll_up(now=T0 + timedelta(minutes=2))
+    assert not LatencySample.objects.exists()
     assert EndpointLatency.objects.filter(span=60).count() == 2  # one row per endpoint per minute, not per probe
 
     services.roll_up(now=T0 + timedelta(minutes=17))
@@ -187,6 +193,7 @@ def test_three_simulated_days_of_reports_and_probes_stay_in_bounded_space(db, se
     assert EndpointLatency.objects.filter(endpoint_id=endpoint.id, span=60).count() <= per_day + 1
     assert EndpointLatency.objects.filter(endpoint_id=endpoint.id, span=900).count() <= 2 * 96 + 1
     assert not EndpointLatency.objects.filter(endpoint_id=gone.id).exists()  # a removed endpoint's history goes
+    assert LatencySample.objects.count() <= 2  # chunk samples live until the next roll-up
 
     curve = services.host_history("gpu-01", "-30d", 900, now=now)
     assert 2 * 96 - 1 <= len(curve["t"]) <= 2 * 96 + 1  # clamped to what is kept

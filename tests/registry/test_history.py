@@ -120,7 +120,7 @@ def test_probe_latency_adds_up_per_minute_and_rolls_up_per_quarter_hour(hosts):
     minute = EndpointLatency.objects.get(endpoint_id=endpoint.id, span=60, start=T0)
     assert (minute.probes, minute.failures, minute.total_ms, minute.min_ms, minute.max_ms) == (4, 1, 90, 20, 40)
     assert LatencySample.objects.count() == 1
-    services.roll_up(now=T0 + timedelta(minutes=2))
+    services.roll_up(now=T0 + timedelta(minutes=2, seconds=15))
     assert not LatencySample.objects.exists()
     assert EndpointLatency.objects.filter(span=60).count() == 2  # one row per endpoint per minute, not per probe
 

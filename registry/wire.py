@@ -148,13 +148,23 @@ class HostHistory(HostSeries):
     step: int = Field(description="seconds per bin")
 
 
+class SparkSeries(_Out):
+    """What a sparkline draws of a host."""
+
+    t: list[int] = Field(description="start of each bin, Unix seconds")
+    cpu: list[float | None] = Field(description="average CPU percent")
+    vram_top: list[float | None] = Field(
+        description="average percent of VRAM in use on the fullest GPU (summed VRAM without GPU detail); null without"
+    )
+
+
 class HostsHistory(_Out):
-    """GET /api/v1/hosts/history?names=a,b: several hosts' curves in one reply."""
+    """GET /api/v1/hosts/history?names=a,b: several hosts' sparklines in one reply."""
 
     since: datetime
     until: datetime
     step: int = Field(description="seconds per bin")
-    hosts: dict[str, HostSeries] = Field(description="host name -> curves (unknown names are left out)")
+    hosts: dict[str, SparkSeries] = Field(description="host name -> curves (unknown names are left out)")
 
 
 class EndpointHistory(_Out):

@@ -343,6 +343,37 @@ class _Bin:
         )
 
 
+class _SparkBin:
+    """What a sparkline shows of one host over one bin: average CPU, and the average VRAM of its
+    fullest GPU (a host is as full as its fullest GPU; without GPU detail, the summed VRAM)."""
+
+    __slots__ = ("cpu", "top")
+
+    def __init__(self) -> None:
+        self.cpu, self.top = _Stat(), _Stat()
+
+    def add_raw(self, cpu, ram_used, ram_total, vram_used, vram_total, gpus_text) -> None:
+        self.cpu.add(cpu)
+        cards = orjson.loads(gpus_text) if gpus_text and gpus_text != "[]" else ()
+        shares = [_pct(g.get("memory_used_bytes"), g.get("memory_total_bytes")) for g in cards]
+        shares = [p for p in shares if p is not None]
+        self.top.add(max(shares) if shares else _pct(vram_used, vram_total))
+
+    def add_rollup(self, n, cpu_min, cpu_avg, cpu_max, ram_avg, ram_max, vram_avg, vram_max, gpus_text) -> None:
+        self.cpu.add(cpu_avg, n)
+        shares = [avg for _, avg, _ in orjson.loads(gpus_text) if avg is not None] if gpus_text else []
+        self.top.add(max(shares) if shares else vram_avg, n)
+
+
+def _spark_columns(bins: dict[int, _SparkBin], gpus_now: list) -> dict:
+    order = sorted(bins)
+    return {
+        "t": order,
+        "cpu": [_r(bins[t].cpu.avg()) for t in order],
+        "vram_top": [_r(bins[t].top.avg()) for t in order],
+    }
+
+
 def parse_window(since: str | None, step: int | None, *, now: datetime) -> tuple[datetime, int]:
     """Check `since` (relative "-90m", "-24h", "-30d", or an ISO 8601 time; default the last 24 h)
     and `step` (seconds, a multiple of 60; default the finest keeping MAX_POINTS); return them."""
@@ -407,14 +438,15 @@ def host_history(name: str, since: str | None, step: int | None, *, now: datetim
 
 
 def hosts_history(names: Iterable[str], since: str | None, step: int | None, *, now: datetime | None = None) -> dict:
-    """Several hosts' curves in one reply (the page's sparklines); unknown names are left out."""
+    """Several hosts' average CPU and fullest-GPU VRAM in one reply (the page's sparklines: only
+    what they draw, so 50 hosts' last hour stay small); unknown names are left out."""
     now = now or timezone.now()
     wanted = list(dict.fromkeys(n.strip() for n in names if n.strip()))
     if not wanted or len(wanted) > MAX_HOSTS:
         raise RegistryError("invalid_names", f"names must list 1 to {MAX_HOSTS} host names, comma-separated.")
     since_at, step = parse_window(since, step, now=now)
-    hosts = {row["id"]: row for row in Host.objects.filter(name__in=wanted).values("id", "name", "gpus")}
-    series = _host_series({i: row["gpus"] for i, row in hosts.items()}, since_at, step, now)
+    hosts = {row["id"]: row for row in Host.objects.filter(name__in=wanted).values("id", "name")}
+    series = _host_series(dict.fromkeys(hosts, []), since_at, step, now, _SparkBin, _spark_columns)
     return {**_window(since_at, now, step), "hosts": {hosts[i]["name"]: s for i, s in series.items()}}
 
 
@@ -422,10 +454,14 @@ def _window(since: datetime, now: datetime, step: int) -> dict:
     return {"since": since, "until": now, "step": step}
 
 
-def _host_series(hosts: dict[int, list], since: datetime, step: int, now: datetime) -> dict[int, dict]:
-    """host id -> its curves from `since` to `now`, binned by `step` (bins without data are left out)."""
+def _host_series(
+    hosts: dict[int, list], since: datetime, step: int, now: datetime, kind: type = _Bin, columns=None
+) -> dict[int, dict]:
+    """host id -> its curves from `since` to `now`, binned by `step` (bins without data are left out);
+    `kind` and `columns` choose what is kept of each bin and how it is written (all, or a sparkline's)."""
+    columns = columns or _columns
     # The quarter hour across `since` is read whole: a curve never starts with a partial bucket.
-    bins: dict[int, dict[int, _Bin]] = {host_id: {} for host_id in hosts}
+    bins: dict[int, dict] = {host_id: {} for host_id in hosts}
     if hosts:
         split = _split(step, since, now, _rolled_until(ResourceRollup.objects.filter(host_id__in=list(hosts))))
         last = split - timedelta(seconds=BUCKET_SECONDS)  # the last bucket wholly before the split
@@ -438,11 +474,11 @@ def _host_series(hosts: dict[int, list], since: datetime, step: int, now: dateti
             .values_list("host_id", "at", *_ROLLUP_FIELDS, "gpus_text")
         )
         for host_id, at, *values in rolled:
-            bins[host_id].setdefault(at // step * step, _Bin()).add_rollup(*values)
+            bins[host_id].setdefault(at // step * step, kind()).add_rollup(*values)
         raw = ResourceSnapshot.objects.filter(host_id__in=list(hosts), reported_at__gte=split, reported_at__lte=now)
         for host_id, at, *values in _raw_rows(raw):
-            bins[host_id].setdefault(at // step * step, _Bin()).add_raw(*values)
-    return {host_id: _columns(bins[host_id], gpus) for host_id, gpus in hosts.items()}
+            bins[host_id].setdefault(at // step * step, kind()).add_raw(*values)
+    return {host_id: columns(bins[host_id], gpus) for host_id, gpus in hosts.items()}
 
 
 def _columns(bins: dict[int, _Bin], gpus_now: list) -> dict:

@@ -80,6 +80,9 @@ def test_several_hosts_in_one_request_leave_unknown_names_out(api, admin_token, 
     body = wire.HostsHistory.model_validate(reply.json())
     assert set(body.hosts) == {"gpu-01", "cpu-01"}
     assert 60 <= len(body.hosts["cpu-01"].t) <= 61
+    # What a sparkline draws: CPU, and the fullest GPU (GPU 1 at 50 %, not the 37.5 % summed)
+    assert set(body.hosts["gpu-01"].vram_top) == {50.0} and set(body.hosts["cpu-01"].vram_top) == {None}
+    assert body.hosts["cpu-01"].cpu[-3:] == [2.0, 1.0, 0.0]
 
 
 def test_an_endpoints_latency_over_time(api, admin_token, history):

@@ -876,7 +876,7 @@
     if (index === 1 || !node.classList.contains("resource")) return [node];
     const series = curves.hosts.get(host);
     if (!series || !series.t.length) return [node];
-    return [node, index === 0 ? sparkSvg("cpu", series, series.cpu) : sparkSvg("vram", series, vramCurve(series))];
+    return [node, index === 0 ? sparkSvg("cpu", series, series.cpu) : sparkSvg("vram", series, series.vram_top)];
   }
 
   function redrawSparks(hosts) {
@@ -918,7 +918,7 @@
       const until = Math.floor(parseTime(body.until) / 1000);
       if (curves.hosts.size > 2000) curves.hosts.clear(); // a long scroll through a big fleet
       for (const host of hosts) {
-        const series = body.hosts[host] || { t: [], cpu: [], vram: [], gpus: [] };
+        const series = body.hosts[host] || { t: [], cpu: [], vram_top: [] };
         curves.hosts.set(host, { ...series, until, step: body.step, fetchedAt: now });
       }
       redrawSparks(hosts);

@@ -463,7 +463,10 @@ def _host_series(
     # The quarter hour across `since` is read whole: a curve never starts with a partial bucket.
     bins: dict[int, dict] = {host_id: {} for host_id in hosts}
     if hosts:
-        split = _split(step, since, now, _rolled_until(ResourceRollup.objects.filter(host_id__in=list(hosts))))
+        # The roll-up is fleet-wide: the newest bucket of any host is a bound every host shares
+        # (found in the `start` index, where a max over these hosts would read all their rows).
+        rolled_until = _rolled_until(ResourceRollup.objects.all()) if step >= BUCKET_SECONDS else None
+        split = _split(step, since, now, rolled_until)
         last = split - timedelta(seconds=BUCKET_SECONDS)  # the last bucket wholly before the split
         rolled = (
             ResourceRollup.objects.filter(

@@ -152,6 +152,8 @@ class ResourceSnapshot(models.Model):
     class Meta:
         ordering = ["-reported_at"]
         get_latest_by = "reported_at"
+        # A host's curve reads its rows of a window; by host_id alone SQLite walks all its day.
+        indexes = [models.Index(fields=["host", "reported_at"], name="snapshot_host_reported")]
 
     def __str__(self) -> str:
         return f"{self.host} @ {self.reported_at:%Y-%m-%d %H:%M:%S}"

@@ -12,6 +12,7 @@ from registry.services.common import (
     allowed_networks,
     validation_message,
 )
+from registry.services.curves import endpoint_history, host_history, hosts_history
 from registry.services.endpoints import (
     MAX_BULK_ENDPOINTS,
     _advertised,
@@ -24,14 +25,7 @@ from registry.services.endpoints import (
     remove_endpoints,
     update_endpoint,
 )
-from registry.services.history import (
-    endpoint_history,
-    host_history,
-    hosts_history,
-    prune_history,
-    prune_snapshots,
-    roll_up,
-)
+from registry.services.history import prune_history, prune_snapshots, roll_up
 from registry.services.probing import (
     EXPIRES_AT_SLACK_SECONDS,
     RECORD_BATCH,

@@ -10,7 +10,8 @@ from registry import services
 from registry.models import Endpoint, EndpointLatency, Host, LatencySample, ResourceRollup, ResourceSnapshot
 from registry.ollama import ProbeResult
 from registry.schemas import SidecarReport
-from registry.services.history import BUCKET_SECONDS, MAX_POINTS
+from registry.services.curves import MAX_POINTS
+from registry.services.history import BUCKET_SECONDS
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)  # a bucket boundary
 GiB = 1024**3

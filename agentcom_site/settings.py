@@ -246,6 +246,8 @@ HOST_SILENCE_CHECK_SECONDS = max(1.0, min(30.0, STALE_AFTER_SECONDS / 3))
 REGISTRY_TRUSTED_PROXIES = env_str("REGISTRY_TRUSTED_PROXIES", "")
 env_parsed("REGISTRY_TRUSTED_PROXIES", "", lambda text: parse_networks(text) if text else [])
 RESOURCE_HISTORY_SECONDS = env_float("RESOURCE_HISTORY_SECONDS", 60.0, minimum=0.0)
+# Days of downsampled history kept (15-minute min/avg/max per host and per endpoint).
+HISTORY_RETENTION_DAYS = env_float("HISTORY_RETENTION_DAYS", 30.0, minimum=0.01)
 # A revoked token stops working in every process within this time (tokens are cached in memory).
 TOKEN_CACHE_SECONDS = env_float("TOKEN_CACHE_SECONDS", 5.0, minimum=0.0)
 # GET /api/v1/route answers from an index in each process, read again when older than this
@@ -322,6 +324,13 @@ CELERY_BEAT_SCHEDULE = {
     # that have become stable; prunes old alerts.
     "alert-sweep": {
         "task": "registry.tasks.alert_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
+    # Probe chunks' latency samples become per-endpoint minutes, closed 15-minute buckets of
+    # history become aggregates (idempotent; the newest stretch is read raw).
+    "roll-up-history": {
+        "task": "registry.tasks.roll_up_history",
         "schedule": 60.0,
         "options": {"expires": 60.0},
     },

@@ -20,7 +20,18 @@ from pydantic import BeforeValidator
 from registry import ingest, metrics, services
 from registry.models import Event, Token
 from registry.schemas import NAME_PATTERN, EndpointsIn, SidecarReport
-from registry.wire import EndpointRow, ErrorBody, EventPage, Route, RouteNotFound, RouteUnavailable, Snapshot
+from registry.wire import (
+    EndpointHistory,
+    EndpointRow,
+    ErrorBody,
+    EventPage,
+    HostHistory,
+    HostsHistory,
+    Route,
+    RouteNotFound,
+    RouteUnavailable,
+    Snapshot,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +373,68 @@ def route(
     last; equal ones in a random order. Each says why. 404 lists the models the fleet has; 503
     (with Retry-After) when the endpoints holding it are all down."""
     return _send(request, services.route(model, n))
+
+
+# --- history ----------------------------------------------------------------------------
+
+READ_AUTH = [TokenAuth(Token.Scope.ADMIN), UserSession()]  # like the snapshot
+_MONTHS = r"(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+_CLOCK = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?"
+SINCE_Q = Query(
+    "",
+    pattern=rf"^(-[0-9]{{1,7}}[smhd]|[0-9]{{4}}-{_MONTHS}T{_CLOCK})?$",
+    description='from when: a time ago ("-90m", "-24h", "-30d") or an ISO 8601 time; default the last 24 hours '
+    "(history is kept HISTORY_RETENTION_DAYS)",
+)
+STEP_Q = Query(
+    None,
+    ge=60,
+    le=86_400,
+    multiple_of=60,
+    description="seconds per point (60, 300, 900, 3600, ...); default the finest that keeps a curve within "
+    "3,000 points",
+)
+NAMES_Q = Query(
+    ...,
+    min_length=1,
+    max_length=100 * 254,
+    pattern=r"^[^,\x00-\x1f\x7f]+(,[^,\x00-\x1f\x7f]+){0,99}$",
+    description="up to 100 host names, comma-separated",
+)
+
+
+@api.get(
+    "/hosts/history",
+    auth=READ_AUTH,
+    response={200: HostsHistory, **errors(*ANY_ROUTE)},
+    tags=["history"],
+)
+def hosts_history(request, names: str = NAMES_Q, since: str = SINCE_Q, step: int | None = STEP_Q):
+    """CPU, RAM and VRAM over time of several hosts in one reply (the dashboard's sparklines)."""
+    return _send(request, services.hosts_history(names.split(","), since, step))
+
+
+@api.get(
+    "/hosts/{name}/history",
+    auth=READ_AUTH,
+    response={200: HostHistory, **errors(*ANY_ROUTE, 404)},
+    tags=["history"],
+)
+def host_history(request, name: str, since: str = SINCE_Q, step: int | None = STEP_Q):
+    """One host's CPU, RAM and VRAM (per GPU too) over time, as column arrays: raw reports for
+    RESOURCE_RETENTION_HOURS, 15-minute min/avg/max for HISTORY_RETENTION_DAYS."""
+    return _send(request, services.host_history(name, since, step))
+
+
+@api.get(
+    "/endpoints/{endpoint_id}/history",
+    auth=READ_AUTH,
+    response={200: EndpointHistory, **errors(*ANY_ROUTE, 404)},
+    tags=["history"],
+)
+def endpoint_history(request, endpoint_id: int, since: str = SINCE_Q, step: int | None = STEP_Q):
+    """One endpoint's probe latency over time (average, lowest, highest ms; probes and failures)."""
+    return _send(request, services.endpoint_history(endpoint_id, since, step))
 
 
 @api.post(

@@ -168,9 +168,82 @@ class ResourceSnapshot(models.Model):
     class Meta:
         ordering = ["-reported_at"]
         get_latest_by = "reported_at"
+        # A host's curve reads its rows of a window; by host_id alone SQLite walks all its day.
+        indexes = [models.Index(fields=["host", "reported_at"], name="snapshot_host_reported")]
 
     def __str__(self) -> str:
         return f"{self.host} @ {self.reported_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ResourceRollup(models.Model):
+    """A host's resources over one 15-minute bucket: min/avg/max of its history rows there.
+
+    Written by the roll-up task from ResourceSnapshot (never on the report path); kept
+    HISTORY_RETENTION_DAYS. Percent values (of the total at the time), so the row stays small.
+    """
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="rollups")
+    start = models.DateTimeField()
+    samples = models.PositiveIntegerField()
+    cpu_min = models.FloatField()
+    cpu_avg = models.FloatField()
+    cpu_max = models.FloatField()
+    ram_avg = models.FloatField()
+    ram_max = models.FloatField()
+    vram_avg = models.FloatField(null=True, blank=True)  # summed over the GPUs; null without a GPU
+    vram_max = models.FloatField(null=True, blank=True)
+    gpus = models.JSONField(default=list, blank=True)  # [[index, avg %, max %], ...]
+
+    class Meta:
+        ordering = ["host", "start"]
+        constraints = [models.UniqueConstraint(fields=["host", "start"], name="rollup_unique_host_start")]
+        indexes = [models.Index(fields=["start"])]
+
+    def __str__(self) -> str:
+        return f"{self.host_id} @ {self.start:%Y-%m-%d %H:%M}"
+
+
+class LatencySample(models.Model):
+    """One probe chunk's latencies, as the probe path wrote them: ONE row per chunk, not per probe.
+
+    `data` is compact JSON, [[endpoint id, ms or null when the probe failed], ...]. The roll-up
+    task (every minute) adds them to EndpointLatency minutes and deletes them.
+    """
+
+    at = models.DateTimeField(db_index=True)
+    data = models.TextField()
+
+    def __str__(self) -> str:
+        return f"latency sample @ {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class EndpointLatency(models.Model):
+    """An endpoint's probes over one minute (span 60, kept RESOURCE_RETENTION_HOURS) or one
+    15-minute bucket (span 900, rolled up from the minutes, kept HISTORY_RETENTION_DAYS).
+
+    Written by the roll-up task only (from LatencySample rows), never on the probe path.
+    `endpoint_id` is no foreign key: removing 1,000 endpoints must not cascade through millions
+    of rows; the prune task drops orphans.
+    """
+
+    endpoint_id = models.BigIntegerField()
+    start = models.DateTimeField()
+    span = models.PositiveIntegerField()  # seconds
+    probes = models.PositiveIntegerField()
+    failures = models.PositiveIntegerField()
+    total_ms = models.BigIntegerField()  # summed latency of the probes that answered
+    min_ms = models.PositiveIntegerField(null=True, blank=True)
+    max_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["endpoint_id", "span", "start"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint_id", "span", "start"], name="latency_unique_endpoint_span_start")
+        ]
+        indexes = [models.Index(fields=["span", "start"])]
+
+    def __str__(self) -> str:
+        return f"endpoint {self.endpoint_id} @ {self.start:%Y-%m-%d %H:%M} ({self.span} s)"
 
 
 class Token(models.Model):

@@ -161,7 +161,17 @@ class ProbeResult:
 
 # Why probes fail, as a small fixed set (the Prometheus label `reason`): every error text a probe
 # can produce maps to one of these, so a dashboard of failures never grows a series per message.
-FAILURE_REASONS = ("timeout", "refused", "unreachable", "dns", "tls", "http_status", "bad_reply", "not_allowed", "other")
+FAILURE_REASONS = (
+    "timeout",
+    "refused",
+    "unreachable",
+    "dns",
+    "tls",
+    "http_status",
+    "bad_reply",
+    "not_allowed",
+    "other",
+)
 _REASON_BY_PREFIX = (
     ("timed out", "timeout"),
     ("connection timed out", "timeout"),

@@ -55,12 +55,18 @@ def _chunk_done(sweep: str) -> None:
 
 
 @shared_task(ignore_result=True)
+def roll_up_history() -> int:
+    """Turn closed 15-minute buckets of raw history into min/avg/max aggregates."""
+    return services.roll_up()
+
+
+@shared_task(ignore_result=True)
 def prune_history() -> int:
-    """Delete resource reports older than RESOURCE_RETENTION_HOURS and events older than
-    EVENT_RETENTION_DAYS."""
-    deleted = services.prune_snapshots()
+    """Roll up, then delete history past RESOURCE_RETENTION_HOURS (raw) and HISTORY_RETENTION_DAYS,
+    and events older than EVENT_RETENTION_DAYS."""
+    deleted = services.prune_history()
     if deleted:
-        logger.info("pruned %d resource snapshots", deleted)
+        logger.info("pruned %d history rows", deleted)
     events = services.prune_events()
     if events:
         logger.info("pruned %d events", events)

@@ -142,6 +142,78 @@ class EventPage(_Out):
     next: str | None = Field(description="pass as `cursor` for the next (older) page; null on the last page")
 
 
+# --- history (GET /api/v1/hosts/{name}/history, /hosts/history, /endpoints/{id}/history) ------
+# Column arrays: index i of every list is the bin that starts at t[i] (Unix seconds, a multiple of
+# step); bins without data are left out. Percentages are of the total at the time.
+
+
+class GpuSeries(_Out):
+    """One GPU's memory use over time."""
+
+    index: int
+    name: str = Field(description="as the host reports it now")
+    used: list[float | None] = Field(description="average percent of its memory in use per bin")
+    max: list[float | None] = Field(description="highest percent in use per bin")
+
+
+class HostSeries(_Out):
+    """A host's resources over time."""
+
+    t: list[int] = Field(description="start of each bin, Unix seconds")
+    samples: list[int] = Field(description="raw reports behind each bin")
+    cpu: list[float | None] = Field(description="average CPU percent")
+    cpu_min: list[float | None]
+    cpu_max: list[float | None]
+    ram: list[float | None] = Field(description="average percent of RAM in use")
+    ram_max: list[float | None]
+    vram: list[float | None] = Field(description="average percent of VRAM in use, summed over the GPUs; null without")
+    vram_max: list[float | None]
+    gpus: list[GpuSeries]
+
+
+class HostHistory(HostSeries):
+    """GET /api/v1/hosts/{name}/history."""
+
+    host: str
+    since: datetime
+    until: datetime
+    step: int = Field(description="seconds per bin")
+
+
+class SparkSeries(_Out):
+    """What a sparkline draws of a host."""
+
+    t: list[int] = Field(description="start of each bin, Unix seconds")
+    cpu: list[float | None] = Field(description="average CPU percent")
+    vram_top: list[float | None] = Field(
+        description="average percent of VRAM in use on the fullest GPU (summed VRAM without GPU detail); null without"
+    )
+
+
+class HostsHistory(_Out):
+    """GET /api/v1/hosts/history?names=a,b: several hosts' sparklines in one reply."""
+
+    since: datetime
+    until: datetime
+    step: int = Field(description="seconds per bin")
+    hosts: dict[str, SparkSeries] = Field(description="host name -> curves (unknown names are left out)")
+
+
+class EndpointHistory(_Out):
+    """GET /api/v1/endpoints/{id}/history: probe latency over time."""
+
+    endpoint_id: int
+    since: datetime
+    until: datetime
+    step: int = Field(description="seconds per bin")
+    t: list[int] = Field(description="start of each bin, Unix seconds")
+    probes: list[int]
+    failures: list[int] = Field(description="probes that got no valid answer")
+    latency: list[float | None] = Field(description="average ms of the probes that answered; null if none did")
+    latency_min: list[int | None]
+    latency_max: list[int | None]
+
+
 class ErrorBody(_Out):
     """Every REST error: a stable code and a sentence naming the field."""
 

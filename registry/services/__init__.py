@@ -30,6 +30,7 @@ from registry.services.common import (
     allowed_networks,
     validation_message,
 )
+from registry.services.curves import endpoint_history, host_history, hosts_history
 from registry.services.endpoints import (
     MAX_BULK_ENDPOINTS,
     _advertised,
@@ -51,6 +52,7 @@ from registry.services.events import (
     prune_events,
     record_events,
 )
+from registry.services.history import prune_history, prune_snapshots, roll_up
 from registry.services.probing import (
     EXPIRES_AT_SLACK_SECONDS,
     RECORD_BATCH,
@@ -78,7 +80,6 @@ from registry.services.reports import (
     check_report,
     client_address,
     parse_report,
-    prune_snapshots,
     record_report,
     record_reports,
     same_machine,
@@ -156,6 +157,7 @@ __all__ = [
     "client_address",
     "create_token",
     "endpoint_label",
+    "endpoint_history",
     "endpoint_rows",
     "find_endpoints",
     "find_events",
@@ -166,13 +168,16 @@ __all__ = [
     "forget_process_caches",
     "forget_route_index",
     "get_endpoint",
+    "host_history",
     "host_resources",
     "mark_silent_hosts",
+    "hosts_history",
     "note_token_use",
     "parse_endpoint",
     "parse_report",
     "probe",
     "prune_events",
+    "prune_history",
     "prune_snapshots",
     "queue_probe",
     "record_events",
@@ -188,6 +193,7 @@ __all__ = [
     "revoke_tokens",
     "ready_route",
     "route",
+    "roll_up",
     "same_machine",
     "snapshot_in_order",
     "snapshot_rest",

@@ -20,6 +20,7 @@ from registry import metrics, ollama, signals
 from registry.models import Endpoint, EndpointModel, Event
 from registry.services.common import PROBE_TASK, allowed_networks
 from registry.services.events import endpoint_event, record_events, status_event
+from registry.services.history import add_latency_samples
 from registry.status import next_status
 
 logger = logging.getLogger(__name__)
@@ -154,8 +155,8 @@ def record_probe_results(results: list[ollama.ProbeResult], *, now: datetime | N
         elif kind == "quiet":
             quiet[endpoint.id] = values
     unchanged = [i for i in by_id if i not in set(differing)]
-    if unchanged:
-        _retrying(_mark_checked, unchanged, quiet, now)
+    if results:
+        _retrying(_mark_checked, unchanged, quiet, now, results)
     changed: list[int] = []
     for start in range(0, len(differing), RECORD_BATCH):
         batch = {i: by_id[i] for i in differing[start : start + RECORD_BATCH]}
@@ -174,11 +175,17 @@ def _retrying(write, *args):
             time.sleep(0.5 * attempt)
 
 
-def _mark_checked(ids: list[int], quiet: dict[int, tuple[int | None, int]], now: datetime) -> None:
+def _mark_checked(
+    ids: list[int], quiet: dict[int, tuple[int | None, int]], now: datetime, results: list[ollama.ProbeResult]
+) -> None:
     """Set last_checked_at of `ids` in one statement, and the latency and failure count that
     moved without a visible change (`quiet`: id -> (latency_ms, consecutive_failures)) in one
-    executemany: under load latencies jump on many endpoints at once."""
+    executemany: under load latencies jump on many endpoints at once. The chunk's latencies are
+    kept for history as one compact row (no row per probe)."""
     with transaction.atomic():
+        add_latency_samples(results, now)
+        if not ids:
+            return
         Endpoint.objects.filter(id__in=ids).update(last_checked_at=now)
         if quiet:
             quote = connection.ops.quote_name

@@ -7,7 +7,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -387,11 +387,3 @@ def _register_advertised(
             key = (*target, hosts[name].id, schemes[name])
             transaction.on_commit(lambda key=key, i=settled[name]: _remember(key, i))
     return settled
-
-
-def prune_snapshots(*, now: datetime | None = None) -> int:
-    """Delete resource history older than the retention window (hosts keep their latest values)."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(hours=settings.RESOURCE_RETENTION_HOURS)
-    deleted, _ = ResourceSnapshot.objects.filter(reported_at__lt=cutoff).delete()
-    return deleted

@@ -21,8 +21,10 @@ EXAMPLES_PER_OPERATION = 60
 REPORT = "/api/v1/sidecar/report"
 # 400s a well-formed request may get: decided by the hub's configuration or the rest of the body
 # (inconsistent_report: a report's used over total, VRAM half given, or a `hostname` that cannot
-# name the machine when neither `host` nor `ollama_url` does; rules between fields).
-NOT_IN_ANY_SCHEMA = {"address_not_allowed", "duplicate", "inconsistent_report"}
+# name the machine when neither `host` nor `ollama_url` does; rules between fields). History:
+# too_many_points (a window over `step` gives more points than a curve holds: two fields) and
+# invalid_since (a date the calendar lacks, 2026-02-30, that a pattern cannot refuse).
+NOT_IN_ANY_SCHEMA = {"address_not_allowed", "duplicate", "inconsistent_report", "too_many_points", "invalid_since"}
 
 # Read from the app itself at collection (the description needs no database).
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", WSGIHandler())

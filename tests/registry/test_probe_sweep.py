@@ -97,9 +97,11 @@ def test_unchanged_probe_result_does_not_rewrite_the_endpoint_or_its_models(db, 
         changed = run_probes([endpoint.id])
     writes = [q["sql"] for q in ctx.captured_queries if q["sql"].split()[0] in ("UPDATE", "INSERT", "DELETE")]
     assert changed == [] and events == []
-    # The lease (claim and release) and the one bulk last_checked_at statement; nothing else.
-    assert len(writes) == 3, writes
+    # The lease (claim and release), the one bulk last_checked_at statement and the chunk's one
+    # latency sample for history; nothing else.
+    assert len(writes) == 4, writes
     assert not any("registry_endpointmodel" in w for w in writes)
+    assert sum("registry_latencysample" in w for w in writes) == 1
 
 
 def test_models_changing_on_the_endpoint_are_synchronised(db, fake_fleet):

@@ -475,9 +475,9 @@
     cell("cell-models", modelsCell(entry));
     cell("cell-source", [el("span", `llm-source llm-source-${row.source}`, row.source || "")]);
     const res = resourceNodes(row.host);
-    cell("cell-res cell-cpu", [res[0]]);
+    cell("cell-res cell-cpu", withSpark(row.host, 0, res[0]));
     cell("cell-res cell-ram", [res[1]]);
-    cell("cell-res cell-vram", [res[2]]);
+    cell("cell-res cell-vram", withSpark(row.host, 2, res[2]));
     const checked = el("span", "llm-checked", fmtAgo(row.last_checked_at));
     const abs = parseTime(row.last_checked_at);
     checked.setAttribute("title", abs === null ? "never probed" : new Date(abs).toLocaleString());
@@ -500,7 +500,7 @@
     if (key === tr.resKey) return;
     tr.resKey = key;
     const res = resourceNodes(entry.row.host);
-    tr.querySelectorAll("td.cell-res").forEach((td, i) => td.replaceChildren(res[i]));
+    tr.querySelectorAll("td.cell-res").forEach((td, i) => td.replaceChildren(...withSpark(entry.row.host, i, res[i])));
   }
 
   // ---- the window of rows -------------------------------------------------
@@ -571,6 +571,7 @@
       if (state.rowHeight && state.rowHeight !== rowH) renderWindow();
     }
     if (state.metrics.firstRowsAt === null && rows.length) state.metrics.firstRowsAt = performance.now();
+    if (rows.length) wantSparks();
   }
 
   let scrollQueued = false;
@@ -795,6 +796,7 @@
       parts.push(detailsSection(`Resources of ${row.host}`, [el("p", null, "No sidecar reports for this host.")]));
     }
     parts.push(timelineSection(entry));
+    parts.push(historySection(entry));
     if (row.source === "manual" && state.canDelete) {
       const box = el("div", "details-actions");
       box.appendChild(removeButton(row, "Remove this endpoint"));
@@ -973,6 +975,200 @@
       reply = { detail: "The hub did not answer; try again in a moment." };
     }
     fillRoute(model, reply, status);
+  }
+
+  // ---- history: sparklines in the rows, the day's curves in the details ------------
+  // One request for the hosts of the rows on screen (GET /api/v1/hosts/history?names=...),
+  // at most every SPARK_REFRESH_MS per host, never per report; drawn as inline SVG paths.
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const SPARK_REFRESH_MS = 45000;
+  const SPARK_MAX_HOSTS = 100; // the route's limit per request
+  const DAY_REFRESH_MS = 60000;
+  const curves = { hosts: new Map(), pending: false, timer: 0, day: new Map() };
+
+  function svgEl(tag, attrs) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+    return node;
+  }
+
+  /** The fullest GPU per point (the host is as full as its fullest GPU), else the summed VRAM. */
+  function vramCurve(series) {
+    if (!series.gpus || !series.gpus.length) return series.vram;
+    return series.t.map((_, i) => {
+      let top = null;
+      for (const g of series.gpus) if (g.used[i] !== null && (top === null || g.used[i] > top)) top = g.used[i];
+      return top;
+    });
+  }
+
+  /** An SVG path through (t, value) points; a gap longer than two steps (or a null) breaks the line. */
+  function pathData(t, values, t0, t1, maxValue, w, h, step) {
+    let d = "";
+    let prev = null;
+    const span = Math.max(1, t1 - t0);
+    for (let i = 0; i < t.length; i++) {
+      const v = values[i];
+      if (v === null || v === undefined || t[i] < t0) {
+        prev = null;
+        continue;
+      }
+      const x = (((t[i] + step / 2 - t0) / span) * w).toFixed(1);
+      const y = (h - (Math.min(maxValue, Math.max(0, v)) / maxValue) * (h - 1) - 0.5).toFixed(1);
+      d += `${prev === null || t[i] - prev > 2 * step ? "M" : "L"}${x} ${y}`;
+      prev = t[i];
+    }
+    return d;
+  }
+
+  function sparkSvg(kind, series, values) {
+    const w = 100;
+    const h = 16;
+    const t1 = series.until;
+    const svg = svgEl("svg", { class: `llm-spark llm-spark-${kind}`, viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none" });
+    const known = values.filter((v) => v !== null);
+    const label = known.length
+      ? `${kind.toUpperCase()} last hour: ${fmtPercent(Math.min(...known))} to ${fmtPercent(Math.max(...known))}`
+      : `${kind.toUpperCase()} last hour: no reports`;
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", label);
+    const title = svgEl("title");
+    title.textContent = label;
+    svg.appendChild(title);
+    svg.appendChild(svgEl("path", { d: pathData(series.t, values, t1 - 3600, t1, 100, w, h, series.step), "vector-effect": "non-scaling-stroke" }));
+    return svg;
+  }
+
+  /** The resource node of a CPU (0) or VRAM (2) cell, with that host's last-hour sparkline under it. */
+  function withSpark(host, index, node) {
+    if (index === 1 || !node.classList.contains("resource")) return [node];
+    const series = curves.hosts.get(host);
+    if (!series || !series.t.length) return [node];
+    return [node, index === 0 ? sparkSvg("cpu", series, series.cpu) : sparkSvg("vram", series, series.vram_top)];
+  }
+
+  function redrawSparks(hosts) {
+    for (const host of hosts) {
+      for (const id of state.byHost.get(host) || []) {
+        const tr = state.rendered.get(id);
+        if (!tr) continue;
+        const res = resourceNodes(host);
+        tr.querySelectorAll("td.cell-res").forEach((td, i) => td.replaceChildren(...withSpark(host, i, res[i])));
+      }
+    }
+  }
+
+  /** Ask (soon, once) for the sparklines of rows on screen whose curve is missing or old. */
+  function wantSparks() {
+    if (curves.timer) return;
+    curves.timer = window.setTimeout(fetchSparks, 300);
+  }
+
+  async function fetchSparks() {
+    curves.timer = 0;
+    if (curves.pending || document.hidden) return;
+    const now = Date.now();
+    const hosts = new Set();
+    for (const id of state.rendered.keys()) {
+      const entry = state.entries.get(id);
+      if (!entry || !state.resources.has(entry.row.host)) continue;
+      const known = curves.hosts.get(entry.row.host);
+      if (!known || now - known.fetchedAt > SPARK_REFRESH_MS) hosts.add(entry.row.host);
+      if (hosts.size >= SPARK_MAX_HOSTS) break;
+    }
+    if (!hosts.size) return;
+    curves.pending = true;
+    try {
+      const names = encodeURIComponent([...hosts].join(","));
+      const reply = await fetch(`/api/v1/hosts/history?names=${names}&since=-1h&step=60`, { credentials: "same-origin" });
+      if (!reply.ok) return;
+      const body = await reply.json();
+      const until = Math.floor(parseTime(body.until) / 1000);
+      if (curves.hosts.size > 2000) curves.hosts.clear(); // a long scroll through a big fleet
+      for (const host of hosts) {
+        const series = body.hosts[host] || { t: [], cpu: [], vram_top: [] };
+        curves.hosts.set(host, { ...series, until, step: body.step, fetchedAt: now });
+      }
+      redrawSparks(hosts);
+      state.metrics.sparkFetches = (state.metrics.sparkFetches || 0) + 1;
+    } catch (err) {
+      // The page works without sparklines; the next refresh tries again.
+    } finally {
+      curves.pending = false;
+    }
+  }
+
+  async function dayCurves(key, url) {
+    const known = curves.day.get(key);
+    if (known && Date.now() - known.at < DAY_REFRESH_MS) return known.body;
+    const reply = await fetch(url, { credentials: "same-origin" });
+    if (!reply.ok) return null;
+    const body = await reply.json();
+    if (curves.day.size > 50) curves.day.clear();
+    curves.day.set(key, { at: Date.now(), body });
+    return body;
+  }
+
+  /** A 24 h chart: one line per curve, y from 0 to `maxValue`, with a legend. */
+  function dayChart(caption, body, lines, maxValue, unit) {
+    const w = 520;
+    const h = 90;
+    const t1 = Math.floor(parseTime(body.until) / 1000);
+    const figure = el("figure", "details-chart");
+    const svg = svgEl("svg", { class: "llm-day-chart", viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none" });
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", `${caption}, last 24 hours`);
+    for (const y of [0.5, h / 2, h - 0.5]) svg.appendChild(svgEl("line", { x1: 0, x2: w, y1: y, y2: y, class: "grid" }));
+    for (const line of lines) {
+      svg.appendChild(
+        svgEl("path", { d: pathData(body.t, line.values, t1 - 86400, t1, maxValue, w, h, body.step), class: `line line-${line.kind}`, "vector-effect": "non-scaling-stroke" })
+      );
+    }
+    const legend = el("figcaption", "details-chart-legend");
+    legend.appendChild(el("span", "chart-scale", `${caption} (0–${maxValue}${unit}, 24 h ago → now)`));
+    for (const line of lines) {
+      const known = line.values.filter((v) => v !== null);
+      const last = known.length ? `${Math.round(known[known.length - 1] * 10) / 10}${unit}` : "—";
+      legend.appendChild(el("span", `chart-key key-${line.kind}`, `${line.label} ${last}`));
+    }
+    figure.append(svg, legend);
+    return figure;
+  }
+
+  function fillHistory(box, id, hostBody, endpointBody) {
+    if (!state.detailsFor || state.detailsFor.id !== id) return;
+    const nodes = [];
+    if (hostBody && hostBody.t.length) {
+      const lines = [
+        { kind: "cpu", label: "CPU", values: hostBody.cpu },
+        { kind: "ram", label: "RAM", values: hostBody.ram },
+      ];
+      if (hostBody.gpus.length || hostBody.vram.some((v) => v !== null)) lines.push({ kind: "vram", label: "VRAM", values: vramCurve(hostBody) });
+      nodes.push(dayChart(`Resources of ${hostBody.host}`, hostBody, lines, 100, "%"));
+    }
+    if (endpointBody && endpointBody.t.length) {
+      const known = endpointBody.latency_max.filter((v) => v !== null);
+      const top = Math.max(10, ...known);
+      const scale = 10 ** Math.ceil(Math.log10(top));
+      const maxValue = top <= scale / 2 ? scale / 2 : scale;
+      nodes.push(dayChart("Probe latency", endpointBody, [{ kind: "latency", label: "avg", values: endpointBody.latency }], maxValue, " ms"));
+    }
+    box.replaceChildren(...(nodes.length ? nodes : [el("p", null, "No history recorded yet.")]));
+  }
+
+  /** The details' "Last 24 hours" section: filled when its two requests answer. */
+  function historySection(entry) {
+    const row = entry.row;
+    const box = el("div", "details-history");
+    box.appendChild(el("p", "details-loading", "Loading…"));
+    const hostUrl = `/api/v1/hosts/${encodeURIComponent(row.host)}/history?since=-24h&step=900`;
+    const endpointUrl = `/api/v1/endpoints/${row.id}/history?since=-24h&step=900`;
+    Promise.all([
+      state.resources.has(row.host) ? dayCurves(`h:${row.host}`, hostUrl).catch(() => null) : null,
+      dayCurves(`e:${row.id}`, endpointUrl).catch(() => null),
+    ]).then(([hostBody, endpointBody]) => fillHistory(box, row.id, hostBody, endpointBody));
+    return detailsSection("Last 24 hours", [box]);
   }
 
   // ---- incoming frames ---------------------------------------------------
@@ -1286,5 +1482,6 @@
   renderFleet();
   renderSummary();
   window.setInterval(tick, 1000);
+  window.setInterval(wantSparks, SPARK_REFRESH_MS / 3);
   connect();
 })();

@@ -141,7 +141,7 @@ def _read_endpoints(previous: dict) -> dict[int, tuple[tuple, list[_Holder]]]:
     endpoint, host = (connection.ops.quote_name(m._meta.db_table) for m in (Endpoint, Host))
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT e.id, e.revision, e.registered_at, e.status, e.latency_ms, h.name, e.address, e.port, e.name "  # noqa: S608
+            "SELECT e.id, e.revision, e.registered_at, e.status, e.latency_ms, h.name, e.address, e.port, e.name, e.scheme "  # noqa: S608
             f"FROM {endpoint} e JOIN {host} h ON h.id = e.host_id"
         )
         for row in cursor.fetchall():
@@ -155,14 +155,14 @@ def _read_endpoints(previous: dict) -> dict[int, tuple[tuple, list[_Holder]]]:
         held: dict[int, list[_Holder]] = {i: [] for i in rows}
         models = EndpointModel.objects.filter(endpoint_id__in=list(rows)).values_list(*_MODEL_VALUES)
         for endpoint_id, name, loaded, size, size_vram in models:
-            _, _, _, status, latency, host_name, address, port, label = rows[endpoint_id]
+            _, _, _, status, latency, host_name, address, port, label, scheme = rows[endpoint_id]
             held[endpoint_id].append(
                 _Holder(
                     name,
                     endpoint_id,
                     host_name,
                     label,
-                    Endpoint.url_for(address, port),
+                    Endpoint.url_for(address, port, scheme),
                     status == Endpoint.Status.HEALTHY,
                     latency,
                     loaded,

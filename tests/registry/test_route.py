@@ -276,3 +276,12 @@ async def test_an_agent_token_may_not_open_the_report_socket():
     ws = await connect(application, token)
     connected, code = await ws.connect()
     assert not connected and code == 4403
+
+
+def test_an_https_endpoint_is_routed_with_its_scheme(api, agent_token):
+    """An Ollama behind TLS must be reached over TLS: the route's URL keeps the scheme."""
+    plain = endpoint(host("gpu-0"), {"llama3:latest": {}})
+    tls = endpoint(host("gpu-1"), {"llama3:latest": {}})
+    Endpoint.objects.filter(id=tls.id).update(scheme="https", revision=tls.revision + 1)
+    urls = {r["id"]: r["url"] for r in api.get(f"{URL}?model=llama3&n=5", agent_token).json()["routes"]}
+    assert urls == {plain.id: "http://gpu-0:11434", tls.id: "https://gpu-1:11434"}

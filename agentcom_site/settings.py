@@ -236,7 +236,7 @@ UNHEALTHY_AFTER_FAILURES = env_int("UNHEALTHY_AFTER_FAILURES", 2, minimum=1)
 STALE_AFTER_SECONDS = env_int("STALE_AFTER_SECONDS", 90, minimum=1)
 RESOURCE_RETENTION_HOURS = env_float("RESOURCE_RETENTION_HOURS", 24.0, minimum=0.01)
 # Events (status changes, models, registrations, silent sidecars) are kept this long.
-EVENT_RETENTION_DAYS = env_float("EVENT_RETENTION_DAYS", 30.0, minimum=0.01)
+EVENT_RETENTION_DAYS = env_float("EVENT_RETENTION_DAYS", 30.0, minimum=7.0)  # uptime_7d reads a week
 # How often beat looks for sidecars that went silent (a host_silent event within this of the
 # STALE_AFTER_SECONDS mark).
 HOST_SILENCE_CHECK_SECONDS = max(1.0, min(30.0, STALE_AFTER_SECONDS / 3))

@@ -8,7 +8,6 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpResponse, JsonResponse
-from django.views.decorators.http import require_GET
 
 from agentcom_site.namespace import worker_heartbeat_key
 from registry import scrape
@@ -50,10 +49,13 @@ def readyz(request):
     return JsonResponse({"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503)
 
 
-@require_GET
 def metrics(request):
     """The hub's metrics in the Prometheus text format, for an admin or metrics token (or an
     address in METRICS_ALLOWED_IPS); errors as JSON."""
+    if request.method not in ("GET", "HEAD"):
+        response = JsonResponse({"error": "method_not_allowed", "detail": "/metrics answers GET only."}, status=405)
+        response["Allow"] = "GET, HEAD"
+        return response
     refused = scrape.refusal(
         request.META.get("HTTP_AUTHORIZATION"),
         request.META.get("REMOTE_ADDR"),

@@ -55,6 +55,9 @@ class EndpointForm(forms.ModelForm):
             self.fields["address"].initial = self.instance.address
             self.fields["address"].disabled = True
             self.fields["scheme"].initial = self.instance.scheme
+            if self.instance.source == Endpoint.Source.AUTO:  # its sidecar's next report would undo a change
+                self.fields["scheme"].disabled = True
+                self.fields["scheme"].help_text = "Follows the URL its sidecar advertises (--advertise-url)."
             if self.instance.has_auth:
                 self.fields["authorization_header"].help_text += " One is stored now."
         else:
@@ -147,6 +150,7 @@ class EndpointAdmin(admin.ModelAdmin):
                     name=data["name"],
                     scheme=data["scheme"],
                     authorization=data["authorization_header"],
+                    by=_by(request),
                 )
             else:
                 saved, _ = services.register_endpoint(

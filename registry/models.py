@@ -297,6 +297,7 @@ class Event(models.Model):
         MODEL_UNLOADED = "model_unloaded", "model unloaded"
         REGISTERED = "registered", "endpoint registered"
         REMOVED = "removed", "endpoint removed"
+        CHANGED = "changed", "endpoint changed"
         HOST_SILENT = "host_silent", "sidecar went silent"
         HOST_BACK = "host_back", "sidecar reporting again"
 

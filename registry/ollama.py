@@ -182,6 +182,7 @@ _REASON_BY_PREFIX = (
     ("host name is not valid", "dns"),
     ("certificate ", "tls"),
     ("TLS ", "tls"),
+    ("the CA bundle", "tls"),
     ("HTTP ", "http_status"),
     ("redirect refused", "http_status"),
     ("reply ", "bad_reply"),

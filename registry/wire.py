@@ -124,7 +124,7 @@ class EventRow(_Out):
     at: datetime
     kind: str = Field(
         description="status, model_added, model_removed, model_loaded, model_unloaded, registered, removed, "
-        "host_silent or host_back"
+        "changed, host_silent or host_back"
     )
     endpoint_id: int | None = Field(description="the endpoint (it may have been removed since); null for host events")
     endpoint_label: str = Field(description='"name" (address:port) or address:port; empty for host events')
@@ -248,7 +248,7 @@ class RouteEntry(_Out):
 
     rank: int = Field(description="1 for the best")
     id: int = Field(description="the endpoint's id")
-    url: str = Field(description="where to send Ollama requests: http://address:port")
+    url: str = Field(description="where to send Ollama requests: scheme://address:port")
     host: str = Field(description="the machine")
     name: str = Field(description="display name, may be empty")
     why: RouteWhy

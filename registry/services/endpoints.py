@@ -195,9 +195,11 @@ def update_endpoint(
     name: object = None,
     scheme: object = None,
     authorization: object = None,
+    by: str = "",
 ) -> Endpoint:
     """Change an endpoint's port, display name, scheme or Authorization header (None keeps each;
-    an empty authorization removes the header)."""
+    an empty authorization removes the header). The change is an event (`changed`, naming the
+    fields, never the header's value); a new port, scheme or header is probed at once."""
     endpoint = get_endpoint(endpoint_id)
     spec = parse_endpoint(
         endpoint.address,
@@ -219,7 +221,13 @@ def update_endpoint(
                 status_code=409,
             )
         Endpoint.objects.filter(id=endpoint.id).update(**changed, revision=F("revision") + 1)
+        fields = {k: [getattr(endpoint, k), v] for k, v in changed.items() if k != "authorization"}
+        if "authorization" in changed:
+            fields["authorization"] = "removed" if not changed["authorization"] else "set"
+        record_events([endpoint_event(Event.Kind.CHANGED, endpoint, host=endpoint.host.name, by=by, fields=fields)])
         signals.endpoints_changed.send(sender=Endpoint, ids=[endpoint.id])
+        if changed.keys() - {"name"}:
+            transaction.on_commit(lambda: _probe_soon([endpoint.id]))
     endpoint.refresh_from_db()
     return endpoint
 

@@ -352,7 +352,11 @@ def _register_advertised(
             ignore_conflicts=True,  # a concurrent registration of the same address won the race
         )
         found = known()
-    created = [found[(a, p)][0] for _, a, p in new if (a, p) in found]
+    # Ours only if auto and on this machine: a concurrent manual registration may have won the race.
+    new = [
+        (n, a, p) for n, a, p in new if (a, p) in found and found[(a, p)][1:3] == (hosts[n].id, Endpoint.Source.AUTO)
+    ]
+    created = [found[(a, p)][0] for _, a, p in new]
     events += [
         endpoint_event(
             Event.Kind.REGISTERED,
@@ -361,9 +365,8 @@ def _register_advertised(
             by=f"sidecar of {n}",
         )
         for n, a, p in new
-        if (a, p) in found
     ]
-    moved = []
+    moved, rescheme = [], []
     for name, target in targets.items():
         endpoint_id, host_id, source, scheme = found.get(target, (None, None, None, None))
         if source != Endpoint.Source.AUTO or endpoint_id in created:
@@ -376,10 +379,18 @@ def _register_advertised(
         if changes:
             Endpoint.objects.filter(id=endpoint_id).update(**changes, revision=F("revision") + 1)
             moved.append(endpoint_id)
+            detail = {"by": f"sidecar of {name}"}
+            if "scheme" in changes:
+                detail["fields"] = {"scheme": [scheme, schemes[name]]}
+                rescheme.append(endpoint_id)
+            if "host_id" in changes:
+                detail["moved_to"] = name
+            label = SimpleNamespace(id=endpoint_id, name="", address=target[0], port=target[1])
+            events.append(endpoint_event(Event.Kind.CHANGED, label, host=name, **detail))
     if created or moved:
         signals.endpoints_changed.send(sender=Endpoint, ids=created + moved)
-    if created:
-        transaction.on_commit(lambda: _probe_soon(created))
+    if created or rescheme:
+        transaction.on_commit(lambda: _probe_soon(created + rescheme))
     for name, target in targets.items():
         if target in found:
             settled[name] = found[target][0]

@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 
 from devtools.tls import TestCA, self_signed
 from registry import services
-from registry.models import Endpoint
+from registry.models import Endpoint, Event
 from registry.schemas import SidecarReport
 
 SECRET = "Bearer hub-secret-9c41d7e2"
@@ -187,6 +187,21 @@ def test_a_sidecar_advertising_https_registers_it_so_and_the_endpoint_follows_it
     services.forget_process_caches()
     assert services.record_report(report("http://127.0.0.1:11434")) == endpoint_id
     assert Endpoint.objects.get(id=endpoint_id).scheme == "http"
+    (change,) = Event.objects.filter(endpoint_id=endpoint_id, kind="changed")
+    assert change.detail == {"by": "sidecar of 127.0.0.1", "fields": {"scheme": ["https", "http"]}}
+
+
+def test_an_auto_endpoints_scheme_is_not_editable_in_the_admin(admin_client):
+    report = SidecarReport(
+        hostname="gpu-02", ollama_url="https://127.0.0.1:11434", cpu_percent=5, ram_used_bytes=1, ram_total_bytes=2
+    )
+    endpoint_id = services.record_report(report)
+    page = admin_client.get(f"/admin/registry/endpoint/{endpoint_id}/change/").content.decode()
+    assert "Follows the URL its sidecar advertises" in page
+    admin_client.post(
+        f"/admin/registry/endpoint/{endpoint_id}/change/", {"port": "11434", "name": "", "scheme": "http"}
+    )
+    assert Endpoint.objects.get(id=endpoint_id).scheme == "https"  # a disabled field keeps its value
 
 
 def test_a_sidecars_change_of_scheme_never_changes_a_manual_endpoint(db):
@@ -224,6 +239,17 @@ def test_admin_adds_an_https_endpoint_and_sets_keeps_and_removes_its_header(admi
     admin_client.post(change, {"port": "9443", "name": "renamed", "scheme": "http", "remove_authorization": "on"})
     endpoint.refresh_from_db()
     assert endpoint.authorization == ""
+    # Each change is on the endpoint's timeline, naming the fields and who changed them, never the header.
+    changes = Event.objects.filter(endpoint_id=endpoint.id, kind="changed").order_by("id")
+    assert [e.detail["fields"] for e in changes] == [
+        {"name": ["tls", "renamed"]},
+        {"scheme": ["https", "http"], "authorization": "set"},
+        {"authorization": "removed"},
+    ]
+    assert all(e.detail["by"].startswith("user ") for e in changes)
+    assert SECRET not in json.dumps([e.detail for e in changes]) and "Basic eA==" not in json.dumps(
+        [e.detail for e in changes]
+    )
     listing = admin_client.get("/admin/registry/endpoint/").content.decode()
     assert '<td class="field-auth_set"><img src="/static/admin/img/icon-no.svg" alt="False"></td>' in listing
 

@@ -315,6 +315,13 @@ def test_without_credentials_the_scrape_is_refused_with_401_json():
 
 
 @pytest.mark.django_db
+def test_another_method_is_refused_with_405_json(admin_token):
+    response = Client().post("/metrics", HTTP_AUTHORIZATION=f"Bearer {admin_token}")
+    assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
+    assert response.json()["error"] == "method_not_allowed"
+
+
+@pytest.mark.django_db
 def test_a_sidecar_token_is_refused_with_403(sidecar_token):
     response = Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {sidecar_token}")
     assert response.status_code == 403

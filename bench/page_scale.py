@@ -150,6 +150,165 @@ def seed(start: int, stop: int, *, models: int = 10, names: bool = False, seed_v
             services.record_reports(silent, now=timezone.now() - timedelta(hours=1))
 
 
+def seed_history(*, seed_value: int = 11) -> None:
+    """For the screenshots: a day of believable history behind the fleet seed() made.
+
+    Per host, a resource row every minute (smooth CPU, RAM and per-GPU VRAM ending at the values
+    its last report set; the silent host's stop at that report), rolled up as the beat task would;
+    per endpoint, a latency minute per minute, and a story of events: registered, first probe,
+    models, an outage an hour long for a few, the current failures of the unhealthy ones.
+    Written directly (bulk_create), on a fresh database.
+    """
+    import math
+
+    from django.utils import timezone
+
+    from registry.models import Endpoint, EndpointLatency, EndpointModel, Event, Host, ResourceSnapshot
+    from registry.services.events import endpoint_label
+    from registry.services.history import roll_up
+
+    rng = random.Random(seed_value)
+    now = timezone.now().replace(microsecond=0)
+    day = 24 * 3600
+
+    def wave(phases: tuple[float, ...], t: float) -> float:
+        """A smooth curve: a daily swing, a swell of an hour and a half, a ripple of 7.5 minutes (two to a
+        quarter hour, so the day's curves, read by the quarter hour, stay smooth)."""
+        return (
+            0.45 * math.sin(2 * math.pi * t / day + phases[0])
+            + 0.4 * math.sin(2 * math.pi * t / 5400 + phases[1])
+            + 0.12 * math.sin(2 * math.pi * t / 450 + phases[2])
+        )
+
+    def curve(end_value: float, amplitude: float, low: float, high: float):
+        """The wave, ending at `end_value`; on some, a burst of work (a quarter hour) in the last hour."""
+        phases = tuple(rng.uniform(0, 2 * math.pi) for _ in range(3))
+        burst, centre, width = amplitude * rng.choice([0, 0.8, 1.2]), rng.uniform(900, 3000), rng.uniform(200, 400)
+
+        def shape(ago: float) -> float:
+            return amplitude * wave(phases, -ago) + burst * math.exp(-(((ago - centre) / width) ** 2))
+
+        last = shape(0)
+        return lambda ago: min(high, max(low, end_value + shape(ago) - last))
+
+    snapshots = []
+    for host in Host.objects.exclude(last_report_at=None):
+        until = host.last_report_at.replace(microsecond=0)
+        full = [g["memory_used_bytes"] / g["memory_total_bytes"] for g in host.gpus]
+        gpu_curves = [
+            (g, curve(f, 0.03 + 0.4 * min(f, 1 - f), 0.02, 0.99)) for g, f in zip(host.gpus, full, strict=True)
+        ]
+        cpu = curve(host.cpu_percent, 15 + 0.5 * min(host.cpu_percent, 100 - host.cpu_percent), 2, 99)
+        ram = curve(host.ram_used_bytes / host.ram_total_bytes, 0.08, 0.05, 0.95)
+        for minute in range(24 * 60):
+            ago = minute * 60
+            gpus = [
+                {**g, "memory_used_bytes": int(g["memory_total_bytes"] * f(ago)),
+                 "utilization_percent": round(min(100.0, max(0.0, g["utilization_percent"] + 40 * f(ago) - 40 * f(0))), 1)}
+                for g, f in gpu_curves
+            ]  # fmt: skip
+            snapshots.append(
+                ResourceSnapshot(
+                    host_id=host.id,
+                    reported_at=until - timedelta(seconds=ago),
+                    cpu_percent=round(cpu(ago), 1),
+                    ram_used_bytes=int(host.ram_total_bytes * ram(ago)),
+                    ram_total_bytes=host.ram_total_bytes,
+                    vram_used_bytes=sum(g["memory_used_bytes"] for g in gpus) if gpus else None,
+                    vram_total_bytes=host.vram_total_bytes,
+                    gpus=gpus,
+                )
+            )
+    ResourceSnapshot.objects.bulk_create(snapshots, batch_size=2000)
+    Host.objects.exclude(last_report_at=None).update(history_at=now)
+
+    by = ["admin token 'ops'", "user alice", "admin token 'ci'"]
+    reasons = ["connection refused", "timed out after 5 s", "HTTP 502"]
+    probes = 4  # one probe every 15 s
+    events, minutes = [], []
+    for i, e in enumerate(Endpoint.objects.order_by("id")):
+        label = endpoint_label(e.name, e.address, e.port)
+
+        def event(kind: str, at, _e=e, _label=label, **detail) -> None:
+            events.append(
+                Event(at=at, kind=kind, endpoint_id=_e.id, endpoint_label=_label, host=_e.address, detail=detail)
+            )
+
+        if e.status == Endpoint.Status.UNKNOWN:  # just added: not answered yet
+            registered = now - timedelta(seconds=40 + 20 * i)
+            Endpoint.objects.filter(id=e.id).update(registered_at=registered)
+            event(Event.Kind.REGISTERED, registered, by=by[0])
+            continue
+        registered = now - timedelta(days=5 if i % 3 == 0 else 1, hours=2, minutes=7 * i)
+        Endpoint.objects.filter(id=e.id).update(registered_at=registered)
+        event(Event.Kind.REGISTERED, registered, by=by[i % len(by)])
+        first = registered + timedelta(seconds=12)
+        event(Event.Kind.STATUS, first, **{"from": "unknown", "to": "healthy", "reason": ""})
+        for name in EndpointModel.objects.filter(endpoint=e).values_list("name", flat=True):
+            event(Event.Kind.MODEL_ADDED, first, model=name)
+        down: list[tuple] = []  # (from, until) in seconds ago
+        if i % 3 == 0:  # an older outage: 7-day uptime below the day's
+            down.append((3 * day + 3600 * (i % 5), 3 * day + 3600 * (i % 5) - 1800 - 300 * (i % 4)))
+        if i % 7 == 0:  # an outage an hour long today
+            start = 3600 * (3 + i % 9)
+            down.append((start, start - 3600 - 60 * (i % 5)))
+        if e.status == Endpoint.Status.UNHEALTHY:  # down now
+            down.append((600 + 900 * i, 0))
+        for start, end in down:
+            reason = e.last_error if end == 0 else reasons[i % len(reasons)]
+            event(
+                Event.Kind.STATUS,
+                now - timedelta(seconds=start),
+                **{"from": "healthy", "to": "unhealthy", "reason": reason},
+            )
+            if end:
+                event(
+                    Event.Kind.STATUS,
+                    now - timedelta(seconds=end),
+                    **{"from": "unhealthy", "to": "healthy", "reason": ""},
+                )
+        loaded = EndpointModel.objects.filter(endpoint=e, loaded=True).values_list("name", flat=True)
+        for k, name in enumerate(loaded):
+            event(Event.Kind.MODEL_LOADED, now - timedelta(minutes=3 + 17 * k + 5 * i), model=name)
+        base = e.latency_ms or rng.randint(5, 30)
+        lat = curve(base, base * 0.6, 2, 5000)
+        oldest = min(day, int((now - registered).total_seconds()) // 60 * 60)
+        for ago in range(60, oldest, 60):
+            failed = sum(1 for start, end in down if end <= ago < start)
+            ms = [max(1, round(lat(ago) * rng.uniform(0.8, 1.3))) for _ in range(probes)]
+            minutes.append(
+                EndpointLatency(
+                    endpoint_id=e.id,
+                    start=_floor_minute(now - timedelta(seconds=ago)),
+                    span=60,
+                    probes=probes,
+                    failures=probes if failed else 0,
+                    total_ms=0 if failed else sum(ms),
+                    min_ms=None if failed else min(ms),
+                    max_ms=None if failed else max(ms),
+                )
+            )
+    for host in Host.objects.exclude(last_report_at=None).exclude(last_report_at__gte=now - timedelta(minutes=5)):
+        silent_at = host.last_report_at + timedelta(seconds=95)
+        Host.objects.filter(id=host.id).update(silent_since=silent_at)
+        events.append(
+            Event(
+                at=silent_at,
+                kind=Event.Kind.HOST_SILENT,
+                host=host.name,
+                detail={"last_report_at": host.last_report_at.isoformat(), "silent_for": 95},
+            )
+        )
+    Event.objects.all().delete()  # seed()'s events all happened just now; tell the day instead
+    Event.objects.bulk_create(events, batch_size=2000)
+    EndpointLatency.objects.bulk_create(minutes, batch_size=2000)
+    roll_up(now=now)
+
+
+def _floor_minute(moment):
+    return moment.replace(second=0, microsecond=0)
+
+
 def measure_rest(hub: Hub, cookie: str, rounds: int = 15) -> dict:
     import httpx
 
@@ -277,28 +436,55 @@ def measure_page(hub: Hub, cookie: str, updates: int) -> dict:
 
 
 def screenshots(hub: Hub, cookie: str) -> None:
-    """docs/dashboard.png (desktop), dashboard-1024.png, dashboard-390.png, dashboard-dark.png."""
+    """docs/dashboard.png (desktop), dashboard-1024.png, dashboard-390.png, dashboard-dark.png; and
+    dashboard-details.png (a row's details open) and dashboard-route.png (a model's route open)."""
     from playwright.sync_api import sync_playwright
 
     shots = [
-        ("dashboard.png", 1400, 900, "light"),
-        ("dashboard-1024.png", 1024, 800, "light"),
-        ("dashboard-390.png", 390, 844, "light"),
-        ("dashboard-dark.png", 1400, 900, "dark"),
+        ("dashboard.png", 1400, 900, "light", None),
+        ("dashboard-1024.png", 1024, 800, "light", None),
+        ("dashboard-390.png", 390, 844, "light", None),
+        ("dashboard-dark.png", 1400, 900, "dark", None),
+        ("dashboard-details.png", 1400, 900, "light", open_details),
+        ("dashboard-route.png", 1400, 900, "light", open_route),
     ]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        for name, width, height, scheme in shots:
+        for name, width, height, scheme, action in shots:
             context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme)
             context.add_cookies([{"name": "sessionid", "value": cookie, "url": hub.url}])
             page = context.new_page()
             page.goto(f"{hub.url}/dashboard/")
-            page.wait_for_function("document.getElementById('llm-connection-state').textContent === 'live'")
+            page.wait_for_selector('#llm-connection-state:text-is("live")')  # no eval: the page's CSP
+            page.wait_for_selector("#llm-registry-body svg.llm-spark", state="attached")  # sparklines came
             page.wait_for_timeout(1200)  # bars finish their width transition
+            if action:
+                action(page)
             page.screenshot(path=str(BASE_DIR / "docs" / name))
             print(f"wrote docs/{name}")
             context.close()
         browser.close()
+
+
+def open_details(page) -> None:
+    """The details of an endpoint that was down for an hour today (address(7)), scrolled to its
+    timeline and day curves (the popover is at most 640 px high)."""
+    page.locator(f'#llm-registry-body tr:has-text("{address(7)}") button.llm-host-btn').first.click()
+    page.wait_for_selector("#llm-details .llm-event")
+    page.wait_for_selector("#llm-details svg.llm-day-chart")
+    box = page.locator("#llm-details").bounding_box()
+    head = page.locator("#llm-details .details-head").bounding_box()
+    timeline = page.locator("#llm-details .llm-timeline").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, timeline["y"] - head["y"] - head["height"] - 8)
+    page.wait_for_timeout(500)
+
+
+def open_route(page) -> None:
+    """Where to run llama3:8b (loaded on many hosts): its chip's route popover."""
+    page.locator('button.llm-fleet-route[data-model="llama3:8b"]').click()
+    page.wait_for_selector("#llm-details .llm-route-top")
+    page.wait_for_timeout(300)
 
 
 def main() -> None:
@@ -322,6 +508,9 @@ def main() -> None:
     try:
         if args.screenshots:
             seed(0, 36, models=10, names=True)
+            t = time.perf_counter()
+            seed_history()
+            print(f"seeded a day of history in {time.perf_counter() - t:.1f} s")
             screenshots(hub, cookie)
             return
         t = time.perf_counter()

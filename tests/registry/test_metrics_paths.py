@@ -3,7 +3,6 @@ report socket (registry/ingest.py), dashboard sockets and the event publisher.""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -15,15 +14,6 @@ from tests.registry.test_metrics import counters, reason, scrape  # noqa: F401 (
 from tests.registry.test_sidecar_report import URL, report
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
-
-
-@pytest.fixture
-async def hub():
-    from agentcom_site.asgi import application
-
-    transport = httpx.ASGITransport(app=application)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        yield client
 
 
 @database_sync_to_async

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import httpx
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from django.db import connections
@@ -16,15 +15,6 @@ from registry.models import Endpoint, Host
 from tests.registry.test_sidecar_report import URL, report
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
-
-
-@pytest.fixture
-async def hub():
-    from agentcom_site.asgi import application
-
-    transport = httpx.ASGITransport(app=application)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        yield client
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
@@ -240,10 +240,16 @@ def _bind(token: services.TokenInfo, host: str) -> services.TokenInfo:
         _release_connection()
 
 
+# Token lookups (reads) get threads of their own: in the shared default pool they queued behind
+# first reports binding their tokens (writes waiting for SQLite's writer lock), and when 1,000
+# sidecars connected at once, handshakes outlived daphne's handshake timeout and were dropped.
+_lookups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="token-lookup")
+
+
 async def _token(raw: str) -> services.TokenInfo | None:
     hit, token = services.cached_token(raw)
     if not hit:
-        token = await sync_to_async(_lookup_token, thread_sensitive=False)(raw)
+        token = await asyncio.get_running_loop().run_in_executor(_lookups, _lookup_token, raw)
     return token
 
 

@@ -35,6 +35,28 @@ async def connect(app, token: str | None) -> WebsocketCommunicator:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
+async def test_a_handshake_does_not_wait_behind_writes_in_the_shared_thread_pool(app):
+    """First reports bind their tokens in the shared pool, where a write may wait for SQLite's
+    writer lock; a new socket's token lookup must not queue behind them (1,000 sidecars
+    reconnecting at once had handshakes dropped by daphne's timeout)."""
+    import asyncio
+
+    token = await database_sync_to_async(lambda: services.create_token("sidecar", "gpu-01", host="gpu-01")[1])()
+    services.forget_cached_tokens()
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    busy = [loop.run_in_executor(None, release.wait, 10) for _ in range(64)]  # every shared thread taken
+    try:
+        ws = await connect(app, token)
+        assert (await ws.connect(timeout=5))[0]
+        await ws.disconnect()
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
 async def test_each_frame_is_answered_after_the_report_is_stored(app):
     token = await database_sync_to_async(lambda: services.create_token("sidecar", "gpu-01", host="gpu-01")[1])()
     ws = await connect(app, token)

@@ -53,6 +53,7 @@ SWEEP_DURATION = "sweep_duration"
 REPORTS_ACCEPTED = "reports_accepted"
 REPORTS_REFUSED = "reports_refused"
 PUBLISHER_EVENTS = "publisher_events"
+SWEEPS_UNFINISHED = "sweeps_unfinished"
 
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SWEEP_BUCKETS = (0.5, 1.0, 2.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0)
@@ -257,7 +258,12 @@ def sweep_started(sweep_id: str, chunks: int) -> None:
     pipe = client.pipeline(transaction=False)
     pipe.hset(key, mapping={"started": seconds + micros / 1e6, "left": chunks})
     pipe.expire(key, max(60, int(SWEEP_TTL_FACTOR * settings.PROBE_INTERVAL_SECONDS)))
-    pipe.execute()
+    # The sweep before this one: if its last chunk has not finished (a chunk expired unrun, or
+    # the sweep outran the interval), its duration will never be observed: count it instead.
+    pipe.getset(sweep_key(settings.AGENTCOM_NAMESPACE, "last"), sweep_id)
+    previous = pipe.execute()[-1]
+    if previous and client.hexists(sweep_key(settings.AGENTCOM_NAMESPACE, previous.decode()), "started"):
+        tally.add(SWEEPS_UNFINISHED)
 
 
 def sweep_chunk_done(sweep_id: str) -> float | None:

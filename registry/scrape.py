@@ -175,6 +175,11 @@ class CounterCollector:
         yield _by_reason(counters, metrics.REPORTS_REFUSED, metrics.REFUSAL_REASONS,
                          "agentcom_sidecar_reports_refused", "Sidecar reports refused, by the error code sent back.")  # fmt: skip
         yield CounterMetricFamily(
+            "agentcom_probe_sweeps_unfinished",
+            "Sweeps not finished when the next one started (a chunk expired unrun, or the sweep outran the interval).",
+            value=counters.get(metrics.SWEEPS_UNFINISHED, 0),
+        )  # fmt: skip
+        yield CounterMetricFamily(
             "agentcom_publisher_events", "Registry events published to the dashboards (all processes).",
             value=counters.get(metrics.PUBLISHER_EVENTS, 0),
         )  # fmt: skip

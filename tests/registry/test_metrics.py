@@ -198,6 +198,18 @@ def test_a_sweep_is_timed_from_its_start_to_its_last_chunk(fake_fleet, admin_tok
     assert samples[("agentcom_probe_sweep_duration_seconds_count", ())] == 1
     assert samples[("agentcom_probe_sweep_duration_seconds_sum", ())] > 0
     assert samples[("agentcom_probe_duration_seconds_count", ())] == 2
+    assert samples[("agentcom_probe_sweeps_unfinished_total", ())] == 0
+
+
+@pytest.mark.django_db
+def test_a_sweep_whose_chunk_never_ran_is_counted_as_unfinished(admin_token):
+    metrics.sweep_started("s1", 2)
+    metrics.sweep_chunk_done("s1")  # the other chunk expired in the queue: s1 never finishes
+    metrics.sweep_started("s2", 1)
+    metrics.tally.flush()
+    samples = scrape(admin_token)
+    assert samples[("agentcom_probe_sweeps_unfinished_total", ())] == 1
+    assert samples[("agentcom_probe_sweep_duration_seconds_count", ())] == 0
 
 
 @pytest.mark.django_db

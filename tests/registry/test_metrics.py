@@ -365,7 +365,7 @@ def test_a_metrics_token_may_not_use_the_api(api, metrics_token):
 
 @pytest.mark.django_db
 def test_an_allowed_scraper_address_needs_no_token(settings):
-    settings.METRICS_ALLOWED_IPS = "10.9.0.0/16, 192.0.2.10/32"
+    settings.METRICS_ALLOWED_IPS = "198.51.100.0/24, 192.0.2.10/32"
     assert Client().get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 401
     assert ("agentcom_metrics_redis_up", ()) in scrape(None, REMOTE_ADDR="192.0.2.10")
     assert Client().get("/metrics", REMOTE_ADDR="192.0.2.11").status_code == 401

@@ -26,8 +26,9 @@ GIB = 1024**3
 FLEET_BASE = "127.0.50."  # fake Ollama endpoints: 127.0.50.1 ... on one port each
 
 
-def setup_django(folder: Path, database_url: str | None, probe_interval: float) -> dict:
-    """Point this process (and the hub it starts) at a fresh database; return the hub's env."""
+def setup_django(folder: Path, database_url: str | None, probe_interval: float, **settings: str) -> dict:
+    """Point this process (and the hub it starts) at a fresh database; return the hub's env.
+    `settings` are more environment variables for both (e.g. PROBE_ON_REGISTER="false")."""
     tag = f"bench-{os.getpid()}"
     env = dict(
         DJANGO_SETTINGS_MODULE="agentcom_site.settings",
@@ -39,6 +40,7 @@ def setup_django(folder: Path, database_url: str | None, probe_interval: float) 
         PROBE_INTERVAL_SECONDS=str(probe_interval),
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
+        **settings,
     )
     os.environ.update(env)
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")

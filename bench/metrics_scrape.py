@@ -173,13 +173,9 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="metrics-scrape-"))
     # Hosts stay "reporting" for the whole run (their resources are in every scrape); the 2%
     # seeded as silent an hour ago stay stale.
-    os.environ["STALE_AFTER_SECONDS"] = "1800"
-    env = setup_django(folder, args.database_url, probe_interval=3600)
-    env.update(PROBE_ON_REGISTER="false")
-    os.environ["PROBE_ON_REGISTER"] = "false"
-    from django.conf import settings
-
-    settings.PROBE_ON_REGISTER = False
+    env = setup_django(
+        folder, args.database_url, probe_interval=3600, STALE_AFTER_SECONDS="1800", PROBE_ON_REGISTER="false"
+    )
     from registry import services
 
     t = time.perf_counter()

@@ -495,14 +495,7 @@ def main() -> None:
     parser.add_argument("--screenshots", action="store_true")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="page-scale-"))
-    env = setup_django(folder, None, probe_interval=3600)
-    env.update(PROBE_ON_REGISTER="false")
-    import os
-
-    os.environ["PROBE_ON_REGISTER"] = "false"
-    from django.conf import settings
-
-    settings.PROBE_ON_REGISTER = False
+    env = setup_django(folder, None, probe_interval=3600, PROBE_ON_REGISTER="false")
     cookie = session_cookie()
     hub = Hub(folder, env, components=("daphne",)).start()
     try:

@@ -197,16 +197,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="route-bench-"))
-    env = setup_django(folder, None, probe_interval=3600)
-    env.update(PROBE_ON_REGISTER="false")
-    os.environ["PROBE_ON_REGISTER"] = "false"
+    env = setup_django(folder, None, probe_interval=3600, PROBE_ON_REGISTER="false")
     import psutil
-    from django.conf import settings
 
     from registry import services
     from registry.models import EndpointModel, Host
 
-    settings.PROBE_ON_REGISTER = False
     t = time.perf_counter()
     seed(0, args.endpoints)
     pairs = EndpointModel.objects.count()

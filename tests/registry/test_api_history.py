@@ -18,7 +18,8 @@ GiB = 1024**3
 @pytest.fixture
 def history(db):
     """Two hosts with the last two hours reported once a minute (gpu-01 with two GPUs), and an
-    endpoint probed once a minute in the hour before the current minute."""
+    endpoint probed once a minute for an hour, the newest probe 75 s ago: older than the roll-up's
+    grace (10 s before the current minute) whatever the second the test runs at."""
     now = timezone.now()
     cards = [
         {"index": i, "name": "H100", "memory_used_bytes": (20 + 20 * i) * GiB, "memory_total_bytes": 80 * GiB}
@@ -42,7 +43,7 @@ def history(db):
     ResourceSnapshot.objects.bulk_create(rows)
     endpoint = Endpoint.objects.create(host=gpu, address="127.0.0.1", status=Endpoint.Status.HEALTHY)
     for minute in range(1, 61):
-        at = now - timedelta(minutes=minute, seconds=5)
+        at = now - timedelta(minutes=minute, seconds=15)
         services.record_probe_results([ProbeResult(endpoint.id, True, "", 20 + minute % 3, "", (), at)], now=at)
     services.roll_up(now=now)  # the beat's task: chunk samples become per-minute rows
     return endpoint

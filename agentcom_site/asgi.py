@@ -14,6 +14,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from agentcom_site import tuning  # noqa: E402
 from agentcom_site.origins import SameOriginValidator  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from registry.ingest import ReportRoute, ReportSocket  # noqa: E402
@@ -32,3 +33,5 @@ application = ProtocolTypeRouter(
         "websocket": ReportSocket(SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )
+# Last: what is alive now lives as long as the process (garbage collection leaves it alone).
+tuning.tune_web_process()

@@ -257,6 +257,9 @@ ROUTE_CACHE_SECONDS = env_float("ROUTE_CACHE_SECONDS", 1.0, minimum=0.0)
 REPORT_QUEUE_MAX = env_int("REPORT_QUEUE_MAX", 2000, minimum=1)
 # A report that could not be written within this time is refused with 503 (nothing stored).
 REPORT_MAX_WAIT_SECONDS = env_float("REPORT_MAX_WAIT_SECONDS", 2.0, minimum=0.1)
+# daphne freezes what start-up built, collects garbage less often and hands the GIL to its
+# database threads sooner (agentcom_site/tuning.py); false keeps CPython's defaults.
+INTERPRETER_TUNING = env_bool("INTERPRETER_TUNING", True)
 REGISTRY_ALLOWED_NETWORKS = env_str("REGISTRY_ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS)
 env_parsed("REGISTRY_ALLOWED_NETWORKS", DEFAULT_ALLOWED_NETWORKS, parse_networks)  # refuse `banana` here
 # Scrapers that may read /metrics without a token (CIDR list); empty: an admin or metrics token only.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import random
 import tempfile
@@ -247,8 +248,16 @@ async def main_async(args, hub: Hub, tokens: list[str], cookie: str, watch: Swee
         before = {name: cpu_seconds(pids[name]) for name in ("daphne", "worker")}
         t0 = time.monotonic()
         own = time.process_time()
-        raw = await step(client, rate, args.seconds, tokens, offset, rng)
+        # The generator's own garbage collections (its outcome lists grow by thousands of
+        # tuples a second) would stall its sends and count as the hub's latency: none during
+        # a step, one after it.
+        gc.disable()
+        try:
+            raw = await step(client, rate, args.seconds, tokens, offset, rng)
+        finally:
+            gc.enable()
         raw["generator_cpu"] = time.process_time() - own
+        gc.collect()
         await asyncio.sleep(1.5)  # let the last frames reach the screen
         wall = time.monotonic() - t0
         after = {name: cpu_seconds(pids[name]) for name in ("daphne", "worker")}
@@ -329,9 +338,12 @@ def main() -> None:
     parser.add_argument("--probe-interval", type=float, default=15)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--transport", choices=["http", "ws"], default="http")
+    parser.add_argument(
+        "--untuned", action="store_true", help="daphne with CPython's GC and GIL defaults (INTERPRETER_TUNING=false)"
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    env = setup_django(folder, args.database_url, args.probe_interval)
+    env = setup_django(folder, args.database_url, args.probe_interval, INTERPRETER_TUNING=str(not args.untuned).lower())
     tokens = make_tokens(args.hosts)
     cookie = session_cookie()
     from django.db import connection
@@ -350,10 +362,16 @@ def main() -> None:
         hub.stop()
         fleet.terminate()
     result.update(
-        database=database, transport=args.transport, hosts=args.hosts, seconds_per_step=args.seconds, logs=str(folder)
+        database=database,
+        transport=args.transport,
+        hosts=args.hosts,
+        seconds_per_step=args.seconds,
+        interpreter_tuning=not args.untuned,
+        logs=str(folder),
     )
     print_table(result)
-    out = BASE_DIR / "bench" / "results" / f"ingest-{database}-{args.transport}.json"
+    suffix = "-untuned" if args.untuned else ""
+    out = BASE_DIR / "bench" / "results" / f"ingest-{database}-{args.transport}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 

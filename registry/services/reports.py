@@ -24,7 +24,7 @@ from registry.services.common import RegistryError, _networks, validation_messag
 from registry.services.endpoints import _advertised, _allowed_spec, _remember
 from registry.services.events import endpoint_event, host_back_event, record_events
 from registry.services.probing import _probe_soon
-from registry.services.tokens import TokenInfo, note_token_use
+from registry.services.tokens import TokenInfo, note_tokens_used
 from registry.status import is_stale
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def record_reports(
     """Store a batch of checked reports in one transaction; return each one's endpoint id.
 
     1. Per host the last report of the batch wins; its values become the host's latest, exactly.
-    2. A history row is written at most once per RESOURCE_HISTORY_SECONDS per host.
+    2. A history row is written once per RESOURCE_HISTORY_SECONDS per host, hosts staggered.
     3. Dashboards are told only about hosts whose shown values changed (rounded as the page
        shows them), plus a heartbeat every STALE_AFTER_SECONDS / 3 so no page thinks it stale.
     4. An advertised Ollama is registered (source auto) when it is not yet known.
@@ -183,7 +183,7 @@ def record_reports(
                 events.append(host_back_event(name, host.silent_since, host.last_report_at, now))
                 back.append(host.id)
             _apply_report(host, report, now)
-            if host.history_at is None or (now - host.history_at).total_seconds() >= settings.RESOURCE_HISTORY_SECONDS:
+            if _history_due(host, now):
                 host.history_at = now
                 history.append(_history_row(host, now))
         _update_hosts(hosts[name] for name in latest)
@@ -195,8 +195,7 @@ def record_reports(
             ResourceSnapshot.objects.bulk_create(history)
         endpoint_ids = _register_advertised(latest, hosts, events)
         record_events(events)
-        for token_id in token_ids:
-            note_token_use(token_id, now=now)
+        note_tokens_used(token_ids, now=now)
         if announced:
             signals.resources_changed.send(sender=Host, hosts=announced)
     return [endpoint_ids.get(report.host) for report in reports]
@@ -285,6 +284,22 @@ def _worth_announcing(host: _HostState, report: SidecarReport, now: datetime) ->
     if (now - host.announced_at).total_seconds() >= settings.STALE_AFTER_SECONDS / 3:
         return True  # heartbeat: pages judge staleness from reported_at
     return _shown(host, host.gpus or []) != _shown(report, [g.model_dump() for g in report.gpus])
+
+
+def _history_due(host: _HostState, now: datetime) -> bool:
+    """Whether this report starts a new history period of its host. Each host's periods are
+    shifted by a fraction of the period of its own (the golden ratio spreads ids evenly), so a
+    fleet that started together writes its history rows spread over the period, not all in the
+    same second every minute."""
+    period = settings.RESOURCE_HISTORY_SECONDS
+    if host.history_at is None or period <= 0:
+        return True
+    shift = (host.id * 0.6180339887498949) % 1 * period
+
+    def index(moment: datetime) -> int:
+        return int((moment.timestamp() + shift) // period)
+
+    return index(now) != index(host.history_at)
 
 
 def _apply_report(host: _HostState, report: SidecarReport, now: datetime) -> None:

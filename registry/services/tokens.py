@@ -110,10 +110,19 @@ def authenticate_token(raw: str, *, record_use: bool = True, now: datetime | Non
 
 def note_token_use(token_id: int, *, now: datetime | None = None) -> None:
     """Record that a token was used (written at most once a minute per token and process)."""
-    if time.monotonic() - _token_used.get(token_id, -math.inf) < 60:
+    note_tokens_used([token_id], now=now)
+
+
+def note_tokens_used(token_ids: Iterable[int], *, now: datetime | None = None) -> None:
+    """Record that tokens were used, those not written within the last minute in one UPDATE
+    (a batch of sidecar reports: a fleet that started together falls due together)."""
+    clock = time.monotonic()
+    due = [i for i in set(token_ids) if clock - _token_used.get(i, -math.inf) >= 60]
+    if not due:
         return
-    _token_used[token_id] = time.monotonic()
-    Token.objects.filter(id=token_id).update(last_used_at=now or timezone.now())
+    for token_id in due:
+        _token_used[token_id] = clock
+    Token.objects.filter(id__in=due).update(last_used_at=now or timezone.now())
 
 
 def token_use_noted(token_id: int) -> bool:

@@ -168,6 +168,24 @@ def test_curves_read_raw_reports_for_the_last_day_and_rollups_before(hosts, sett
     assert len(two_days["t"]) == 97 + 1425  # the quarter hour across the raw cutoff is read rolled up
 
 
+def test_a_fleet_that_starts_together_writes_its_history_spread_over_the_period(db, settings):
+    """60 hosts whose sidecars started in the same second, reporting every 5 s for two minutes:
+    one history row per host per minute, and the rows spread over the minute (not 60 rows in
+    one batch every minute while the other batches write none)."""
+    settings.RESOURCE_HISTORY_SECONDS = 60
+    names = [f"gpu-{i:02d}" for i in range(60)]
+    services.record_reports([report(name, 1) for name in names], now=T0)
+    assert ResourceSnapshot.objects.count() == 60  # a host's first report always starts its history
+    per_tick = []
+    for tick in range(1, 25):
+        before = ResourceSnapshot.objects.count()
+        services.record_reports([report(name, tick) for name in names], now=T0 + timedelta(seconds=5 * tick))
+        per_tick.append(ResourceSnapshot.objects.count() - before)
+    assert sum(per_tick) == 2 * 60  # two minutes: two more rows per host
+    assert {ResourceSnapshot.objects.filter(host__name=name).count() for name in names} == {3}
+    assert max(per_tick) <= 10, per_tick  # ~5 per 5 s tick; all 60 at once before
+
+
 def test_three_simulated_days_of_reports_and_probes_stay_in_bounded_space(db, settings):
     """Reports and probes of two hosts every 5 minutes for 3 days on a time-travelling clock
     (the real write paths), with the beat's prune every 10 minutes: raw rows stay within

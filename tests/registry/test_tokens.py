@@ -74,6 +74,21 @@ def test_use_is_recorded_once_and_not_rewritten_on_every_request(api):
     assert Token.objects.get().last_used_at == first_use
 
 
+def test_a_batch_of_reports_records_the_use_of_every_token_in_it(db, django_assert_num_queries):
+    for name in ("gpu-01", "gpu-02", "gpu-03"):
+        create_token("sidecar", name)
+    ids = list(Token.objects.values_list("id", flat=True))
+    batch = [services.parse_report({**REPORT, "hostname": f"gpu-0{i}"}) for i in (1, 2, 3)]
+    services.record_reports(batch, token_ids=ids)
+    assert Token.objects.filter(last_used_at__isnull=True).count() == 0
+    # Within the minute the same tokens are not written again; once due, all in one statement.
+    with django_assert_num_queries(0):
+        services.note_tokens_used(ids)
+    services.forget_cached_tokens()
+    with django_assert_num_queries(1):
+        services.note_tokens_used(ids)
+
+
 def test_a_sidecar_token_may_report_but_not_manage_endpoints(api):
     raw = create_token("sidecar", "gpu-01")
     response = api.post("/api/v1/endpoints", {"host": "gpu-09"}, raw)

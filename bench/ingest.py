@@ -202,6 +202,7 @@ def summarise(rate, seconds, raw, watch, screen, cpu_before, cpu_after, wall) ->
         "error_statuses": sorted({o[0] for o in errors}),
         "p50_ms": round(percentile(lat, 50), 1) if lat else None,
         "p99_ms": round(percentile(lat, 99), 1) if lat else None,
+        "p999_ms": round(percentile(lat, 99.9), 1) if lat else None,
         "max_ms": round(max(lat), 1) if lat else None,
         "oldest_check_s": round(watch.worst(raw["start"], raw["end"]) or 0, 1),
         "daphne_cpu_pct": round(100 * (cpu_after["daphne"] - cpu_before["daphne"]) / wall, 1),
@@ -310,7 +311,7 @@ async def wait_probed(n: int, timeout: float) -> None:
 
 
 def print_table(result: dict) -> None:
-    cols = ["offered_per_s", "ok_per_s", "overloaded_503", "errors", "p50_ms", "p99_ms", "oldest_check_s",
+    cols = ["offered_per_s", "ok_per_s", "overloaded_503", "errors", "p50_ms", "p99_ms", "p999_ms", "oldest_check_s",
             "daphne_cpu_pct", "worker_cpu_pct", "generator_cpu_pct", "generator_lag_p99_ms", "screen_p50_ms",
             "screen_p99_ms"]  # fmt: skip
     print(" | ".join(cols))

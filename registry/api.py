@@ -59,13 +59,16 @@ class TokenAuth(HttpBearer):
 
 
 class StaffSession(SessionAuth):
-    """A logged-in staff user (CSRF-checked on unsafe methods)."""
+    """A logged-in staff user (CSRF-checked on unsafe methods); a logged-in user who is not
+    staff is known but not allowed: 403, not 401 (logging in again would not help)."""
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any:
         user = request.user
-        if user.is_authenticated and user.is_staff:
-            return user
-        return None
+        if not user.is_authenticated:
+            return None
+        if not user.is_staff:
+            raise HttpError(403, "your account may read the fleet but not manage it (it is not staff).")
+        return user
 
 
 class UserSession(SessionAuth):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.test import Client
 
 from registry import services
 from registry.models import Endpoint, Host
@@ -244,3 +245,16 @@ def test_a_bad_filter_or_page_is_a_clear_400(api, admin_token, query):
     response = api.get(f"{URL}?{query}", admin_token)
     assert response.status_code == 400, response.content
     assert response.json()["error"] == "invalid_input" and response.json()["detail"]
+
+
+def test_a_logged_in_viewer_who_is_not_staff_is_refused_with_403_not_asked_to_log_in(viewer):
+    client = Client()
+    client.force_login(viewer)
+    for reply in (
+        client.get(URL),
+        client.post(URL, {"host": "127.0.0.9"}, content_type="application/json"),
+    ):
+        assert reply.status_code == 403, reply.content
+        assert reply.json()["error"] == "forbidden" and "not staff" in reply.json()["detail"]
+    assert client.get("/api/v1/snapshot").status_code == 200  # reading the fleet is allowed
+    assert not Endpoint.objects.exists()

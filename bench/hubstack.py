@@ -7,6 +7,7 @@ Not a benchmark itself; bench/ingest.py and bench/soak.py use it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -24,6 +26,18 @@ from agentcom_site.processes import free_port  # noqa: E402
 
 GIB = 1024**3
 FLEET_BASE = "127.0.50."  # fake Ollama endpoints: 127.0.50.1 ... on one port each
+
+
+@contextmanager
+def generator_gc_paused():
+    """No garbage collection in the load generator while it sends (its own full collections
+    would delay sends and count as the hub's latency); one collection after."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def setup_django(folder: Path, database_url: str | None, probe_interval: float, **settings: str) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import random
 import tempfile
@@ -29,6 +28,7 @@ from hubstack import (
     Client,
     Hub,
     SocketClient,
+    generator_gc_paused,
     make_tokens,
     percentile,
     report_body,
@@ -249,16 +249,9 @@ async def main_async(args, hub: Hub, tokens: list[str], cookie: str, watch: Swee
         before = {name: cpu_seconds(pids[name]) for name in ("daphne", "worker")}
         t0 = time.monotonic()
         own = time.process_time()
-        # The generator's own garbage collections (its outcome lists grow by thousands of
-        # tuples a second) would stall its sends and count as the hub's latency: none during
-        # a step, one after it.
-        gc.disable()
-        try:
+        with generator_gc_paused():  # its outcome lists grow by thousands of tuples a second
             raw = await step(client, rate, args.seconds, tokens, offset, rng)
-        finally:
-            gc.enable()
         raw["generator_cpu"] = time.process_time() - own
-        gc.collect()
         await asyncio.sleep(1.5)  # let the last frames reach the screen
         wall = time.monotonic() - t0
         after = {name: cpu_seconds(pids[name]) for name in ("daphne", "worker")}

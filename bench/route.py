@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import random
@@ -35,7 +34,7 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
-from bench.hubstack import GIB, Client, Hub, percentile, setup_django  # noqa: E402
+from bench.hubstack import GIB, Client, Hub, generator_gc_paused, percentile, setup_django  # noqa: E402
 from bench.page_scale import MODELS, seed  # noqa: E402
 
 NAMES = [name for name, _, _ in MODELS]
@@ -167,14 +166,8 @@ async def open_loop(port: int, token: str, rate: float, seconds: float) -> dict:
         statuses[status] = statuses.get(status, 0) + 1
 
     total = int(rate * seconds)
-    # Thousands of waiting tasks: the generator's own full garbage collections would delay its
-    # sends and count as the hub's latency. None while the run lasts, one after it.
-    gc.disable()
-    try:
+    with generator_gc_paused():  # thousands of waiting tasks
         await asyncio.gather(*(one(i, start + i / rate) for i in range(total)))
-    finally:
-        gc.enable()
-    gc.collect()
     client.close()
     return {"rate": rate, "statuses": {str(k): v for k, v in statuses.items()}, **stats(latencies)}
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from hubstack import BASE_DIR, Hub, make_tokens, percentile, report_body, setup_django, start_fleet
 from ingest import Sender, _closing, lost_reports, step, wait_probed
 
+from agentcom_site.tuning import GC_THRESHOLDS  # the hub's own (hubstack put the project on the path)
+
 
 def rss_mib(hub: Hub) -> dict[str, float]:
     import psutil
@@ -55,7 +57,7 @@ async def soak(args, hub: Hub, tokens: list[str]) -> dict:
     # count as the hub's latency: what is alive now is frozen, young garbage collected rarely.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
 
     async def one(i: int, at: float) -> None:
         body = report_body(i, rng)

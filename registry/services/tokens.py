@@ -104,18 +104,13 @@ def authenticate_token(raw: str, *, record_use: bool = True, now: datetime | Non
             _token_cache.clear()  # a flood of made-up tokens must not grow memory
         _token_cache[digest] = info
     if info is not None and record_use:
-        note_token_use(info.id, now=now)
+        note_tokens_used([info.id], now=now)
     return info
 
 
-def note_token_use(token_id: int, *, now: datetime | None = None) -> None:
-    """Record that a token was used (written at most once a minute per token and process)."""
-    note_tokens_used([token_id], now=now)
-
-
 def note_tokens_used(token_ids: Iterable[int], *, now: datetime | None = None) -> None:
-    """Record that tokens were used, those not written within the last minute in one UPDATE
-    (a batch of sidecar reports: a fleet that started together falls due together)."""
+    """Record that tokens were used: written at most once a minute per token and process, the
+    tokens of a batch that are due in one UPDATE (a fleet that started together falls due together)."""
     clock = time.monotonic()
     due = [i for i in set(token_ids) if clock - _token_used.get(i, -math.inf) >= 60]
     if not due:
